@@ -1,0 +1,368 @@
+package idempotency
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+)
+
+// An Engine decides, for each guarded request, whether it runs, is
+// replayed, conflicts with a request in flight, or is rejected; it owns the
+// claim, its lease and token, and the record. The [Interceptor] and the
+// middleware of package httpmw are thin adapters over it; other adapters
+// can be built on it too. An Engine is safe for concurrent use.
+type Engine struct {
+	store  Store
+	waiter Waiter
+	cfg    *config
+}
+
+// NewEngine returns an engine over store. It panics if store is nil or an
+// option cannot work.
+func NewEngine(store Store, opts ...Option) *Engine {
+	if store == nil {
+		panic("idempotency: NewEngine: store must not be nil")
+	}
+	e := &Engine{store: store, cfg: newConfig(opts)}
+	e.waiter, _ = store.(Waiter)
+	return e
+}
+
+// Settings are an engine's resolved options, for adapters.
+type Settings struct {
+	IdempotencyHeader string
+	ReplayHeader      string
+	EnforceUUID4      bool
+	Expiry            time.Duration
+	ApplicableMethods []string
+	RequireKey        bool
+	KeyScope          func(context.Context, http.Header) string
+	Lease             time.Duration
+	Wait              time.Duration
+	RetryAfter        time.Duration
+	StoreTimeout      time.Duration
+	FailOpen          bool
+	MaxBodySize       int64
+	MaxResponseSize   int64
+	StoredHeaders     []string
+	Fingerprint       bool
+	Procedures        func(connect.Spec) bool
+	Logger            *slog.Logger
+}
+
+// Settings returns the engine's resolved options. The slices are copies.
+func (e *Engine) Settings() Settings {
+	c := e.cfg
+	return Settings{
+		IdempotencyHeader: c.keyHeader,
+		ReplayHeader:      c.replayHeader,
+		EnforceUUID4:      c.enforceUUID4,
+		Expiry:            c.expiry,
+		ApplicableMethods: append([]string(nil), c.methods...),
+		RequireKey:        c.requireKey,
+		KeyScope:          c.scope,
+		Lease:             c.lease,
+		Wait:              c.wait,
+		RetryAfter:        c.retryAfter,
+		StoreTimeout:      c.storeTimeout,
+		FailOpen:          c.failOpen,
+		MaxBodySize:       c.maxBody,
+		MaxResponseSize:   c.maxResponse,
+		StoredHeaders:     append([]string(nil), c.storedHeaders...),
+		Fingerprint:       c.fingerprint,
+		Procedures:        c.procedures,
+		Logger:            c.logger,
+	}
+}
+
+// Key reads the key from a request's headers, as [ParseKey] does with the
+// engine's header and UUID setting. It returns "" when there is none.
+func (e *Engine) Key(h http.Header) (string, error) {
+	return ParseKey(h.Values(e.cfg.keyHeader), e.cfg.enforceUUID4)
+}
+
+// ScopeOf returns the request's scope under [WithKeyScope], or "".
+func (e *Engine) ScopeOf(ctx context.Context, h http.Header) string {
+	if e.cfg.scope == nil {
+		return ""
+	}
+	return e.cfg.scope(ctx, h)
+}
+
+// A Request identifies one guarded request to [Engine.Begin].
+type Request struct {
+	// Scope is the caller's identity under [WithKeyScope], or "".
+	Scope string
+	// Route names what the key is for: the method and path for HTTP, the
+	// procedure for Connect. Equal keys on different routes never meet.
+	Route string
+	// Key is the parsed key (see [ParseKey]).
+	Key string
+	// Fingerprint identifies the payload; zero when fingerprinting is off.
+	Fingerprint Fingerprint
+}
+
+// Begin claims the request's key. It returns exactly one of:
+//   - an [Execution]: the caller runs the handler, then calls
+//     [Execution.Complete] or [Execution.Release];
+//   - a [Record]: the request was answered before; replay it;
+//   - an error wrapping [ErrInFlight], [ErrFingerprintMismatch] or
+//     [ErrStoreUnavailable].
+//
+// With [WithFailOpen], a store failure yields an unprotected Execution
+// instead of an error.
+func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, error) {
+	key := storageKey(req.Scope, req.Route, req.Key)
+	token := rand.Text()
+	var deadline time.Time
+	if e.cfg.wait > 0 {
+		deadline = time.Now().Add(e.cfg.wait)
+	}
+	poll := 10 * time.Millisecond
+	for {
+		res, err := e.claim(ctx, key, token)
+		if err != nil {
+			if e.cfg.failOpen {
+				e.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: store unavailable; running the handler unprotected",
+					slog.String("key_hash", keyHash(key)), slog.Any("error", err))
+				return &Execution{e: e}, nil, nil
+			}
+			e.cfg.logger.LogAttrs(ctx, slog.LevelError, "idempotency: store unavailable",
+				slog.String("key_hash", keyHash(key)), slog.Any("error", err))
+			return nil, nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+		}
+		switch res.State {
+		case StateClaimed:
+			return e.newExecution(ctx, key, token, req.Fingerprint), nil, nil
+		case StateCompleted:
+			rec, err := decodeRecord(res.Record)
+			if err != nil {
+				e.cfg.logger.LogAttrs(ctx, slog.LevelError, "idempotency: stored record cannot be decoded",
+					slog.String("key_hash", keyHash(key)), slog.Any("error", err))
+				return nil, nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+			}
+			if e.cfg.fingerprint && req.Fingerprint != (Fingerprint{}) &&
+				rec.fingerprint != (Fingerprint{}) && rec.fingerprint != req.Fingerprint {
+				return nil, nil, ErrFingerprintMismatch
+			}
+			return nil, rec, nil
+		case StateInFlight:
+			if deadline.IsZero() || !time.Now().Before(deadline) {
+				return nil, nil, ErrInFlight
+			}
+			if err := e.wait(ctx, key, deadline, &poll); err != nil {
+				return nil, nil, fmt.Errorf("%w: %w", ErrInFlight, err)
+			}
+		default:
+			return nil, nil, fmt.Errorf("%w: store answered unknown state %d", ErrStoreUnavailable, res.State)
+		}
+	}
+}
+
+func (e *Engine) claim(ctx context.Context, key, token string) (ClaimResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.storeTimeout)
+	defer cancel()
+	return e.store.Claim(ctx, key, token, e.cfg.lease)
+}
+
+// wait blocks until the in-flight claim on key may have ended, the deadline
+// passes (nil: the caller looks once more and gives up), or ctx ends (its
+// error).
+func (e *Engine) wait(ctx context.Context, key string, deadline time.Time, poll *time.Duration) error {
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if e.waiter != nil {
+		err := e.waiter.Wait(wctx, key)
+		if err != nil && ctx.Err() == nil && wctx.Err() == nil {
+			// The store could not wait; fall back to polling once.
+			e.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: waiting failed; polling",
+				slog.String("key_hash", keyHash(key)), slog.Any("error", err))
+		} else {
+			return ctx.Err()
+		}
+	}
+	t := time.NewTimer(*poll)
+	defer t.Stop()
+	*poll = min(*poll*2, 250*time.Millisecond)
+	select {
+	case <-t.C:
+	case <-wctx.Done():
+	}
+	return ctx.Err()
+}
+
+// keyHash is what logs show of a storage key: a prefix of the hash, enough
+// to correlate log lines, never the client's key.
+func keyHash(key string) string {
+	if len(key) > 12 {
+		return key[:12]
+	}
+	return key
+}
+
+// An Execution is a claimed request: the caller runs the handler, then
+// calls [Execution.Complete] with the response or [Execution.Release].
+// While it runs, the claim's lease is renewed. Its methods are safe for
+// concurrent use; the first of Complete and Release wins.
+type Execution struct {
+	e     *Engine
+	key   string
+	token string
+	fp    Fingerprint
+	ctx   context.Context
+
+	mu       sync.Mutex
+	timer    *time.Timer
+	ended    bool
+	lost     bool
+	renewing sync.WaitGroup
+}
+
+func (e *Engine) newExecution(ctx context.Context, key, token string, fp Fingerprint) *Execution {
+	x := &Execution{e: e, key: key, token: token, fp: fp, ctx: context.WithoutCancel(ctx)}
+	x.timer = time.AfterFunc(e.cfg.lease/3, x.renew)
+	return x
+}
+
+// Protected reports whether the execution holds a claim; it does not when
+// [WithFailOpen] let the request run while the store was unavailable.
+func (x *Execution) Protected() bool { return x.key != "" }
+
+// LeaseLost reports whether the claim was found lost while the handler ran.
+func (x *Execution) LeaseLost() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.lost
+}
+
+func (x *Execution) renew() {
+	x.mu.Lock()
+	if x.ended || x.lost {
+		x.mu.Unlock()
+		return
+	}
+	x.renewing.Add(1)
+	x.mu.Unlock()
+	defer x.renewing.Done()
+
+	ctx, cancel := context.WithTimeout(x.ctx, x.e.cfg.storeTimeout)
+	err := x.e.store.Renew(ctx, x.key, x.token, x.e.cfg.lease)
+	cancel()
+
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	switch {
+	case errors.Is(err, ErrNotHeld):
+		x.lost = true
+		x.e.cfg.logger.LogAttrs(x.ctx, slog.LevelWarn,
+			"idempotency: claim lost while the handler runs; its response will not be stored",
+			slog.String("key_hash", keyHash(x.key)))
+		return
+	case err != nil:
+		x.e.cfg.logger.LogAttrs(x.ctx, slog.LevelWarn, "idempotency: lease renewal failed",
+			slog.String("key_hash", keyHash(x.key)), slog.Any("error", err))
+	}
+	if !x.ended {
+		x.timer.Reset(x.e.cfg.lease / 3)
+	}
+}
+
+// end stops the renewal and waits for one in progress. It reports false if
+// the execution had already ended.
+func (x *Execution) end() bool {
+	if x.key == "" {
+		return false
+	}
+	x.mu.Lock()
+	if x.ended {
+		x.mu.Unlock()
+		return false
+	}
+	x.ended = true
+	x.timer.Stop()
+	x.mu.Unlock()
+	x.renewing.Wait()
+	return true
+}
+
+// Complete stores rec as the request's response, if the store policy
+// accepts it, and ends the claim, in one store call; a response the policy
+// rejects releases the claim instead. It runs on a context detached from
+// the request's cancellation. On failure it logs, releases the claim if it
+// is still this execution's, and returns the error: the caller still
+// answers its client, and a retry may run the handler again.
+func (x *Execution) Complete(rec *Record) error {
+	if !x.end() {
+		return nil
+	}
+	cfg := x.e.cfg
+	code := connect.Code(0)
+	if rec.Error != nil {
+		code = connect.Code(rec.Error.Code)
+	}
+	if !cfg.policy(Outcome{Status: rec.Status, Code: code}) {
+		return x.release()
+	}
+	rec.fingerprint = x.fp
+	buf := getBuffer()
+	defer putBuffer(buf)
+	*buf = appendRecord((*buf)[:0], rec)
+
+	ctx, cancel := context.WithTimeout(x.ctx, cfg.storeTimeout)
+	defer cancel()
+	err := x.e.store.Complete(ctx, x.key, x.token, *buf, cfg.expiry)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotHeld):
+		cfg.logger.LogAttrs(ctx, slog.LevelWarn,
+			"idempotency: claim lost before the response was stored; it was not stored",
+			slog.String("key_hash", keyHash(x.key)))
+		return err
+	default:
+		cfg.logger.LogAttrs(ctx, slog.LevelError,
+			"idempotency: storing the response failed; a retry may run the handler again",
+			slog.String("key_hash", keyHash(x.key)), slog.Any("error", err))
+		_ = x.release()
+		return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	}
+}
+
+// Release ends the claim without storing anything, so that a retry runs
+// the handler again. It runs on a context detached from the request's
+// cancellation, and logs a failure.
+func (x *Execution) Release() error {
+	if !x.end() {
+		return nil
+	}
+	return x.release()
+}
+
+func (x *Execution) release() error {
+	ctx, cancel := context.WithTimeout(x.ctx, x.e.cfg.storeTimeout)
+	defer cancel()
+	err := x.e.store.Release(ctx, x.key, x.token)
+	if err != nil && !errors.Is(err, ErrNotHeld) {
+		x.e.cfg.logger.LogAttrs(ctx, slog.LevelError, "idempotency: releasing the claim failed",
+			slog.String("key_hash", keyHash(x.key)), slog.Any("error", err))
+		return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	}
+	return nil
+}
+
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func getBuffer() *[]byte { return bufferPool.Get().(*[]byte) }
+
+func putBuffer(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		bufferPool.Put(b)
+	}
+}
