@@ -19,9 +19,10 @@ import (
 // middleware of package httpmw are thin adapters over it; other adapters
 // can be built on it too. An Engine is safe for concurrent use.
 type Engine struct {
-	store  Store
-	waiter Waiter
-	cfg    *config
+	store   Store
+	waiter  Waiter
+	cfg     *config
+	decoded decodedCache
 }
 
 // NewEngine returns an engine over store. It panics if store is nil or an
@@ -112,7 +113,8 @@ type Request struct {
 // Begin claims the request's key. It returns exactly one of:
 //   - an [Execution]: the caller runs the handler, then calls
 //     [Execution.Complete] or [Execution.Release];
-//   - a [Record]: the request was answered before; replay it;
+//   - a [Record]: the request was answered before; replay it. The record
+//     is shared with other replays and must not be modified;
 //   - an error wrapping [ErrInFlight], [ErrFingerprintMismatch] or
 //     [ErrStoreUnavailable].
 //
@@ -142,7 +144,7 @@ func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, e
 		case StateClaimed:
 			return e.newExecution(ctx, key, token, req.Fingerprint), nil, nil
 		case StateCompleted:
-			rec, err := decodeRecord(res.Record)
+			rec, err := e.decode(key, res.Record)
 			if err != nil {
 				e.cfg.logger.LogAttrs(ctx, slog.LevelError, "idempotency: stored record cannot be decoded",
 					slog.String("key_hash", keyHash(key)), slog.Any("error", err))
@@ -164,6 +166,20 @@ func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, e
 			return nil, nil, fmt.Errorf("%w: store answered unknown state %d", ErrStoreUnavailable, res.State)
 		}
 	}
+}
+
+// decode decodes a stored record, or takes it from the cache when the same
+// bytes were decoded before.
+func (e *Engine) decode(key string, raw []byte) (*Record, error) {
+	if rec := e.decoded.get(key, raw); rec != nil {
+		return rec, nil
+	}
+	rec, err := decodeRecord(raw)
+	if err != nil {
+		return nil, err
+	}
+	e.decoded.put(key, raw, rec)
+	return rec, nil
 }
 
 func (e *Engine) claim(ctx context.Context, key, token string) (ClaimResult, error) {
@@ -227,7 +243,11 @@ type Execution struct {
 
 func (e *Engine) newExecution(ctx context.Context, key, token string, fp Fingerprint) *Execution {
 	x := &Execution{e: e, key: key, token: token, fp: fp, ctx: context.WithoutCancel(ctx)}
+	// The timer may fire before this function returns: renew reads it
+	// under the lock.
+	x.mu.Lock()
 	x.timer = time.AfterFunc(e.cfg.lease/3, x.renew)
+	x.mu.Unlock()
 	return x
 }
 

@@ -41,7 +41,8 @@ type ClaimResult struct {
 	// [StateInFlight]. It is zero when the store cannot tell.
 	LeaseLeft time.Duration
 	// Record is the completed record, for [StateCompleted]. The caller must
-	// not modify it: a store may hand the same slice to many callers.
+	// not modify it: a store may hand the same slice to many callers. The
+	// store must not modify it either once returned: the caller may keep it.
 	Record []byte
 }
 
@@ -63,8 +64,11 @@ var ErrNotHeld = errors.New("idempotency: claim not held")
 type Store interface {
 	// Claim claims key for token with the given lease, if the key holds
 	// neither a live claim nor a completed record. Otherwise it reports what
-	// the key holds. A claim whose lease ran out counts as absent. A
-	// networked store answers in one round trip.
+	// the key holds. A claim whose lease ran out counts as absent. A key
+	// that already holds this token's live claim answers [StateClaimed]
+	// again, so that a claim whose answer was lost on the way and is sent
+	// again is not taken for another caller's. A networked store answers in
+	// one round trip.
 	Claim(ctx context.Context, key, token string, lease time.Duration) (ClaimResult, error)
 
 	// Complete replaces token's live claim on key with record, which then

@@ -1,0 +1,137 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+)
+
+// A ClientInterceptor makes a Connect client's mutating unary calls safe to
+// retry. On every unary call it guards (by default, every procedure whose
+// idempotency level is neither NO_SIDE_EFFECTS nor IDEMPOTENT; see
+// [WithProcedures]) it sets a fresh version 4 UUID as the key unless the
+// caller set one, and keeps that key for every retry of the call.
+//
+// It retries, with exponential backoff and jitter, when the server's
+// idempotency library says the key is in flight or its store is
+// unavailable (the [StatusHeader] metadata), and when the transport failed
+// before an answer arrived (an error that is not a wire error). It never
+// retries an answer the handler gave. A Retry-After hint is honoured up to
+// the maximum backoff. [WithMaxRetries] and [WithBackoff] set the budget;
+// the call's context bounds everything. It is safe for concurrent use.
+type ClientInterceptor struct {
+	cfg *config
+}
+
+var _ connect.Interceptor = (*ClientInterceptor)(nil)
+
+// NewClientInterceptor returns a client interceptor. It panics if an option
+// cannot work.
+func NewClientInterceptor(opts ...Option) *ClientInterceptor {
+	return &ClientInterceptor{cfg: newConfig(opts)}
+}
+
+// WrapUnary implements [connect.Interceptor].
+func (c *ClientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if !req.Spec().IsClient || !guards(c.cfg, req.Spec()) {
+			return next(ctx, req)
+		}
+		if req.Header().Get(c.cfg.keyHeader) == "" {
+			req.Header().Set(c.cfg.keyHeader, uuid.NewString())
+		}
+		for attempt := 0; ; attempt++ {
+			resp, err := next(ctx, req)
+			if err == nil || attempt >= c.cfg.maxRetries || ctx.Err() != nil {
+				return resp, err
+			}
+			hint, retry := retryable(err)
+			if !retry {
+				return resp, err
+			}
+			if !sleep(ctx, c.delay(attempt, hint)) {
+				return resp, err
+			}
+		}
+	}
+}
+
+// WrapStreamingClient passes streams through: only unary calls are guarded.
+func (c *ClientInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+// WrapStreamingHandler passes streams through: this is a client interceptor.
+func (c *ClientInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// guards reports whether the procedure is guarded: by default, those that
+// are not already safe to retry.
+func guards(cfg *config, spec connect.Spec) bool {
+	if spec.StreamType != connect.StreamTypeUnary {
+		return false
+	}
+	if cfg.procedures != nil {
+		return cfg.procedures(spec)
+	}
+	return spec.IdempotencyLevel != connect.IdempotencyNoSideEffects &&
+		spec.IdempotencyLevel != connect.IdempotencyIdempotent
+}
+
+// retryable reports whether a failed call may be sent again with its key,
+// and the server's Retry-After hint, if any.
+func retryable(err error) (time.Duration, bool) {
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		return 0, true
+	}
+	if !connect.IsWireError(cerr) {
+		// The call failed on this side or on the way: no handler's answer
+		// arrived, so the server either never saw it or stored what it did.
+		return 0, !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	}
+	switch cerr.Meta().Get(StatusHeader) {
+	case StatusInFlight, StatusStoreUnavailable:
+		secs, perr := strconv.Atoi(cerr.Meta().Get("Retry-After"))
+		if perr != nil || secs < 0 {
+			return 0, true
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	return 0, false
+}
+
+// delay is the wait before retry number attempt+1: exponential with jitter
+// in [d/2, d], or the server's hint, never above the maximum backoff.
+func (c *ClientInterceptor) delay(attempt int, hint time.Duration) time.Duration {
+	if hint > 0 {
+		return min(hint, c.cfg.backoffMax)
+	}
+	d := c.cfg.backoffInitial
+	for range attempt {
+		d *= 2
+		if d >= c.cfg.backoffMax {
+			d = c.cfg.backoffMax
+			break
+		}
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits for d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

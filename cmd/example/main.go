@@ -1,0 +1,190 @@
+// Command example runs a small payments service with both adapters of the
+// idempotency library: a Connect service (Charge is guarded; GetCharge and
+// Refund are safe to retry and pass through) and a plain net/http endpoint
+// (POST /orders). It uses the in-memory store, or Redis when REDIS_ADDR or
+// REDIS_URL is set, so that several instances can share one store.
+//
+//	go run ./cmd/example             # serve on 127.0.0.1:8080
+//	go run ./cmd/example -addr :9090
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/idemkey/idempotency"
+	"github.com/idemkey/idempotency/httpmw"
+	paymentsv1 "github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1"
+	"github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1/paymentsv1connect"
+	"github.com/idemkey/idempotency/store/memory"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	flag.Parse()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := run(*addr, logger); err != nil {
+		logger.Error("example stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(addr string, logger *slog.Logger) error {
+	store, storeName, closeStore, err := openStore(logger)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	opts := []idempotency.Option{idempotency.WithLogger(logger)}
+	mux := http.NewServeMux()
+	mux.Handle(paymentsv1connect.NewPaymentServiceHandler(&payments{},
+		connect.WithInterceptors(idempotency.NewInterceptor(store, opts...)),
+	))
+	mux.Handle("POST /orders", httpmw.New(store, opts...)(http.HandlerFunc(createOrder)))
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // gRPC clients over plain TCP
+	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	printHelp(os.Stdout, "http://"+ln.Addr().String(), storeName)
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// payments is the Connect service. Charge sleeps for the duration in the
+// request's "delay" metadata entry, to make a concurrent duplicate easy to
+// produce by hand.
+type payments struct {
+	paymentsv1connect.UnimplementedPaymentServiceHandler
+	charges atomic.Int64
+}
+
+func (p *payments) Charge(ctx context.Context, req *connect.Request[paymentsv1.ChargeRequest]) (*connect.Response[paymentsv1.ChargeResponse], error) {
+	if err := delay(ctx, req.Msg.GetMetadata()["delay"]); err != nil {
+		return nil, err
+	}
+	if req.Msg.GetAmountCents() <= 0 {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("amount_cents must be positive"))
+	}
+	n := p.charges.Add(1)
+	res := connect.NewResponse(&paymentsv1.ChargeResponse{
+		ChargeId:    fmt.Sprintf("ch_%04d", n),
+		Status:      "succeeded",
+		AmountCents: req.Msg.GetAmountCents(),
+		CreatedAt:   timestamppb.Now(),
+	})
+	res.Header().Set("X-Charge-Number", fmt.Sprint(n))
+	return res, nil
+}
+
+func (p *payments) GetCharge(_ context.Context, req *connect.Request[paymentsv1.GetChargeRequest]) (*connect.Response[paymentsv1.GetChargeResponse], error) {
+	return connect.NewResponse(&paymentsv1.GetChargeResponse{
+		Charge: &paymentsv1.ChargeResponse{ChargeId: req.Msg.GetChargeId(), Status: "succeeded"},
+	}), nil
+}
+
+var orders atomic.Int64
+
+// createOrder is the plain net/http endpoint.
+func createOrder(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Item     string `json:"item"`
+		Quantity int    `json:"quantity"`
+		Delay    string `json:"delay"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Item == "" || in.Quantity <= 0 {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"error":"send {\"item\": \"...\", \"quantity\": n}"}`))
+		return
+	}
+	if err := delay(r.Context(), in.Delay); err != nil {
+		return
+	}
+	n := orders.Add(1)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Location", fmt.Sprintf("/orders/%d", n))
+	w.WriteHeader(http.StatusCreated)
+	_ = json.NewEncoder(w).Encode(map[string]any{"order_id": n, "item": in.Item, "quantity": in.Quantity})
+}
+
+func delay(ctx context.Context, s string) error {
+	if s == "" {
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d > time.Minute {
+		return connect.NewError(connect.CodeInvalidArgument, errors.New(`delay must be a duration up to 1m, such as "3s"`))
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func openStore(logger *slog.Logger) (idempotency.Store, string, func(), error) {
+	if addr, url := os.Getenv("REDIS_ADDR"), os.Getenv("REDIS_URL"); addr != "" || url != "" {
+		return openRedis(addr, url, logger)
+	}
+	s := memory.New()
+	return s, "in-memory store", func() { _ = s.Close() }, nil
+}
+
+func printHelp(w *os.File, base, storeName string) {
+	charge := base + "/idemkey.payments.v1.PaymentService/Charge"
+	h := `-H 'Content-Type: application/json'`
+	lines := []string{
+		fmt.Sprintf("Payments example listening on %s (%s).", base, storeName),
+		"",
+		"1. A first call runs the handler:",
+		fmt.Sprintf(`   curl -i %s %s -H 'Idempotency-Key: demo-1' -d '{"accountId":"acct_1","amountCents":1500,"currency":"EUR"}'`, charge, h),
+		"2. The same call again is a replay (Idempotent-Replayed: true, same charge_id):",
+		"   (run the command of step 1 again)",
+		"3. Two concurrent calls with one key: the second gets 409 Aborted with Retry-After:",
+		fmt.Sprintf(`   curl -s %s %s -H 'Idempotency-Key: demo-2' -d '{"accountId":"acct_1","amountCents":700,"metadata":{"delay":"3s"}}' &`, charge, h),
+		fmt.Sprintf(`   sleep 0.5; curl -i %s %s -H 'Idempotency-Key: demo-2' -d '{"accountId":"acct_1","amountCents":700,"metadata":{"delay":"3s"}}'; wait`, charge, h),
+		"4. The key of step 1 with another payload is rejected (invalid_argument, nothing runs):",
+		fmt.Sprintf(`   curl -i %s %s -H 'Idempotency-Key: demo-1' -d '{"accountId":"acct_1","amountCents":9999,"currency":"EUR"}'`, charge, h),
+		"5. The plain net/http endpoint behaves the same (201, then a replay):",
+		fmt.Sprintf(`   curl -i %s/orders %s -H 'Idempotency-Key: order-1' -d '{"item":"book","quantity":2}'`, base, h),
+		"",
+		"Stop with Ctrl-C.",
+	}
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
+}

@@ -1,0 +1,85 @@
+// Package httpmw makes net/http handlers idempotent. [New] returns a
+// middleware over an [idempotency.Store]: the first request with a key
+// runs the handler, and a retry with the same key gets the stored response
+// back, marked Idempotent-Replayed: true, without running the handler
+// again. It is a thin adapter over [idempotency.Engine], and takes the
+// same options.
+//
+// # Which requests it guards
+//
+// A request is guarded when its method is one of the applicable methods
+// (POST and PATCH by default, see [idempotency.WithApplicableMethods]) and
+// it carries a non-blank key header. Anything else goes to the handler
+// untouched, without a store call; with [idempotency.WithRequireKey], a
+// guarded method without a key is answered 400 instead. A key is named by
+// the scope ([idempotency.WithKeyScope]), the route (the method and the
+// escaped path) and the key, so equal keys on different endpoints or for
+// different callers never meet.
+//
+// The request body is read, up to [idempotency.WithMaxBodySize], before
+// the store is asked: it is part of the payload fingerprint, with the
+// method, the escaped path and the raw query. A larger body is answered
+// 413 and nothing else happens. The handler then reads the body byte for
+// byte as the client sent it.
+//
+// # What is stored
+//
+// The handler writes into a buffer; when it returns, the response is
+// stored and the claim ends in one store call, and only then does the
+// client get the response, so a retry sent right after the answer finds the
+// record. Stored are: the status, the body bytes exactly as written, and
+// the allowlisted headers ([idempotency.WithStoredHeaders]). Set-Cookie,
+// Authorization and hop-by-hop headers are never stored nor replayed, even
+// when allowlisted. Content-Length is not stored: net/http computes it on
+// replay.
+//
+// A response is stored when it has no body at all (a 204, a 201 or 202
+// without body, a redirect), or when its Content-Type is application/json
+// or any +json type (parameters such as charset allowed) and its body
+// parses as JSON. A JSON body with a Content-Encoding such as gzip is
+// stored byte for byte, unchecked, with its Content-Encoding, kept even
+// when the allowlist leaves it out. Anything else (HTML, text, a body
+// without a Content-Type, invalid JSON) reaches the client unchanged,
+// nothing is stored, and the claim is released so that a retry runs the
+// handler again. [idempotency.WithStorePolicy] can narrow what is stored by
+// status.
+//
+// The response still reaches the client but is not stored, and the claim
+// is released, when the handler panics (the panic goes on, after the
+// release), flushes, hijacks the connection, writes more than
+// [idempotency.WithMaxResponseSize], or returns without writing anything
+// because its request's context ended. A handler that finishes its
+// response after its client went away is stored: that client's retry is
+// how the library is meant to be used.
+//
+// The response writer the handler gets implements [http.Flusher],
+// [http.Hijacker] and Unwrap, so [http.ResponseController] works through
+// it. Informational responses (1xx, as WriteHeader(103)) go to the client
+// at once.
+//
+// # Errors
+//
+// The middleware answers its own errors with an RFC 9457 problem document
+// (Content-Type application/problem+json, with type, title, status and
+// detail) and the [idempotency.StatusHeader] header:
+//
+//	status  type (after https://github.com/idemkey/idempotency#)  Idempotency-Status
+//	400     key-required       invalid-key        key missing, WithRequireKey
+//	409     in-flight          in-flight          the key is in flight; with Retry-After
+//	413     body-too-large     body-too-large     request body over the limit
+//	422     invalid-key        invalid-key        malformed key, or not a v4 UUID
+//	422     mismatch           mismatch           the key was used with another payload
+//	503     store-unavailable  store-unavailable  the store failed; the handler did not run
+//
+// A request body that cannot be read is answered 400 with the type
+// body-unreadable and no Idempotency-Status. The errors are the sentinels
+// of package idempotency, such as [idempotency.ErrInFlight]; the status,
+// the label and the title come from [idempotency.StatusOf].
+//
+// # What the handler must not do
+//
+// As net/http requires, the handler must not use its response writer or
+// read its request body after it returns, nor from another goroutine
+// while it runs. The middleware reuses their buffers for later requests;
+// both answer as closed once the handler has returned.
+package httpmw

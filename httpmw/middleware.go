@@ -1,0 +1,333 @@
+package httpmw
+
+import (
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/idemkey/idempotency"
+)
+
+// New returns a middleware that makes the handlers it wraps idempotent, on
+// an [idempotency.Engine] over store configured by opts. It panics if store
+// is nil, if an option cannot work, or, when the middleware is applied, if
+// the handler is nil. The middleware and the handlers it returns are safe
+// for concurrent use.
+func New(store idempotency.Store, opts ...idempotency.Option) func(http.Handler) http.Handler {
+	m := newMiddleware(idempotency.NewEngine(store, opts...))
+	return func(next http.Handler) http.Handler {
+		if next == nil {
+			panic("httpmw: New: the handler must not be nil")
+		}
+		return &handler{m: m, next: next}
+	}
+}
+
+// middleware holds what every request needs, resolved once from the
+// engine's settings so that the request path does no work the
+// configuration already decided.
+type middleware struct {
+	e            *idempotency.Engine
+	methods      []string
+	keyHeader    string
+	replayHeader string
+	replayValue  []string
+	requireKey   bool
+	fingerprint  bool
+	maxBody      int64
+	maxResponse  int64
+	stored       []string
+	problems     problems
+}
+
+func newMiddleware(e *idempotency.Engine) *middleware {
+	s := e.Settings()
+	m := &middleware{
+		e:            e,
+		methods:      s.ApplicableMethods,
+		keyHeader:    s.IdempotencyHeader,
+		replayHeader: s.ReplayHeader,
+		// The capacity of one makes an Add to this header copy the slice
+		// rather than write into the one that every replay shares.
+		replayValue: []string{"true"}[:1:1],
+		requireKey:  s.RequireKey,
+		fingerprint: s.Fingerprint,
+		// One byte beyond the limit is read to tell an oversized body
+		// apart, and a buffer's length is an int.
+		maxBody:     min(s.MaxBodySize, int64(math.MaxInt-1)),
+		maxResponse: s.MaxResponseSize,
+	}
+	for _, name := range s.StoredHeaders {
+		name = http.CanonicalHeaderKey(name)
+		if !neverStored(name) {
+			m.stored = append(m.stored, name)
+		}
+	}
+	m.problems = newProblems(s)
+	return m
+}
+
+// retryAfterSeconds renders d as a Retry-After value: whole seconds,
+// rounded up, at least one.
+func retryAfterSeconds(d time.Duration) string {
+	secs := int64((d + time.Second - 1) / time.Second)
+	return strconv.FormatInt(max(secs, 1), 10)
+}
+
+// neverStored reports whether a canonical header name must never be stored
+// or replayed, whatever the allowlist says: credentials and hop-by-hop
+// headers. The engine filters its allowlist too; this list is the
+// adapter's own guard, applied both when storing and when replaying, so
+// that a record written by another version cannot smuggle them in either.
+func neverStored(name string) bool {
+	switch name {
+	case "Set-Cookie", "Set-Cookie2", "Cookie", "Authorization", "Proxy-Authorization", "Proxy-Authenticate",
+		"Www-Authenticate", "Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer",
+		"Transfer-Encoding", "Upgrade", "Content-Length":
+		return true
+	}
+	return false
+}
+
+// handler is the middleware applied to one handler.
+type handler struct {
+	m    *middleware
+	next http.Handler
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	m := h.m
+	if !m.applies(r.Method) {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	values := r.Header[m.keyHeader]
+	if len(values) == 0 {
+		h.withoutKey(w, r)
+		return
+	}
+	key, err := m.e.Key(r.Header)
+	if err != nil {
+		m.problems.write(w, err)
+		return
+	}
+	if key == "" {
+		h.withoutKey(w, r)
+		return
+	}
+	h.guard(w, r, key)
+}
+
+func (m *middleware) applies(method string) bool {
+	for _, want := range m.methods {
+		if method == want {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *handler) withoutKey(w http.ResponseWriter, r *http.Request) {
+	if h.m.requireKey {
+		h.m.problems.write(w, idempotency.ErrKeyRequired)
+		return
+	}
+	h.next.ServeHTTP(w, r)
+}
+
+// guard runs one request that carries a key: it reads the body, asks the
+// engine, and then replays, answers a problem, or runs the handler.
+func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
+	m := h.m
+	// The limit is checked before the store is asked, so that a request
+	// that cannot run never takes a claim.
+	if r.ContentLength > m.maxBody {
+		m.problems.write(w, idempotency.ErrBodyTooLarge)
+		return
+	}
+	buf := getBuffer(&requestBuffers)
+	defer putBuffer(&requestBuffers, buf)
+	body, err := readBody((*buf)[:0], r.Body, r.ContentLength, m.maxBody)
+	*buf = body
+	if err != nil {
+		m.readFailed(w, err)
+		return
+	}
+
+	path := r.URL.EscapedPath()
+	req := idempotency.Request{
+		Scope: m.e.ScopeOf(r.Context(), r.Header),
+		Route: r.Method + " " + path,
+		Key:   key,
+	}
+	if m.fingerprint {
+		var f idempotency.Fingerprinter
+		f.AddString(r.Method)
+		f.AddString(path)
+		f.AddString(r.URL.RawQuery)
+		f.AddBytes(body)
+		req.Fingerprint = f.Sum()
+	}
+
+	exec, rec, err := m.e.Begin(r.Context(), req)
+	switch {
+	case err != nil:
+		m.problems.write(w, err)
+	case rec != nil:
+		m.replay(w, rec)
+	case !exec.Protected():
+		// The store failed and the engine fails open: the handler runs
+		// unguarded, on the body that was read.
+		h.unprotected(w, r, body)
+	default:
+		h.execute(w, r, exec, body)
+	}
+}
+
+// unprotected runs the handler without a claim, on the body that was read.
+func (h *handler) unprotected(w http.ResponseWriter, r *http.Request, body []byte) {
+	b := &bodyReader{b: body}
+	r.Body = b
+	// The body's bytes go back to a pool when the request ends; a reader
+	// the handler kept past its return must not see another request's.
+	defer b.detach()
+	h.next.ServeHTTP(w, r)
+}
+
+// readFailed answers a request whose body could not be read.
+func (m *middleware) readFailed(w http.ResponseWriter, err error) {
+	var tooLarge *http.MaxBytesError
+	if errors.Is(err, idempotency.ErrBodyTooLarge) || errors.As(err, &tooLarge) {
+		m.problems.write(w, idempotency.ErrBodyTooLarge)
+		return
+	}
+	m.problems.write(w, errBodyUnreadable)
+}
+
+// replay writes a stored response: its stored headers, the replay marker,
+// its status and its body, byte for byte.
+func (m *middleware) replay(w http.ResponseWriter, rec *idempotency.Record) {
+	h := w.Header()
+	for name, values := range rec.Header {
+		if !neverStored(http.CanonicalHeaderKey(name)) {
+			// The record is shared with other replays. Clipped, its values
+			// are copied by an Add rather than appended to in place.
+			h[name] = values[:len(values):len(values)]
+		}
+	}
+	h[m.replayHeader] = m.replayValue
+	w.WriteHeader(rec.Status)
+	if len(rec.Body) > 0 {
+		_, _ = w.Write(rec.Body)
+	}
+}
+
+// execute runs the handler on a claimed key, then stores its response or
+// releases the claim, and delivers the response.
+func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempotency.Execution, body []byte) {
+	c := &capture{w: w, m: h.m}
+	c.body.b = body
+	r.Body = &c.body
+	returned := false
+	defer func() {
+		if !returned {
+			// The handler panicked (or called runtime.Goexit): nothing it
+			// wrote is stored, and the panic goes on once the claim is
+			// released, so that a retry runs the handler again.
+			c.end()
+			_ = exec.Release()
+		}
+	}()
+	h.next.ServeHTTP(c, r)
+	returned = true
+	c.finish(r, exec)
+}
+
+// bodyReader gives the handler the request body that the middleware read.
+type bodyReader struct {
+	b []byte
+}
+
+func (r *bodyReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// WriteTo lets io.Copy and io.ReadAll-style readers take the body without
+// an intermediate buffer.
+func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
+	if len(r.b) == 0 {
+		return 0, nil
+	}
+	n, err := w.Write(r.b)
+	r.b = r.b[n:]
+	return int64(n), err
+}
+
+func (r *bodyReader) detach() { r.b = nil }
+
+// Close does nothing: the server closes the request's own body.
+func (r *bodyReader) Close() error { return nil }
+
+// readBody appends r's content to dst, reading at most limit+1 bytes; it
+// returns an error wrapping [idempotency.ErrBodyTooLarge] when there were
+// more than limit. size is the declared length, or -1.
+func readBody(dst []byte, r io.Reader, size, limit int64) ([]byte, error) {
+	if r == nil || r == http.NoBody {
+		return dst, nil
+	}
+	if size > 0 && int64(cap(dst)) <= size {
+		// Room for one byte more than declared lets the read that ends the
+		// body report the end at once.
+		dst = slices.Grow(dst, int(min(size, limit)+1))
+	}
+	for {
+		room := limit + 1 - int64(len(dst))
+		if len(dst) == cap(dst) {
+			// Grow geometrically, but never past the one byte beyond the
+			// limit that tells an oversized body apart.
+			dst = slices.Grow(dst, int(min(int64(max(cap(dst), 512)), room)))
+		}
+		end := len(dst) + int(min(int64(cap(dst)-len(dst)), room))
+		n, err := r.Read(dst[len(dst):end])
+		dst = dst[:len(dst)+n]
+		if int64(len(dst)) > limit {
+			return dst, idempotency.ErrBodyTooLarge
+		}
+		if err == io.EOF {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, err
+		}
+	}
+}
+
+// Byte buffers for request and response bodies are pooled; those that grew
+// large are left to the garbage collector, so that one large request does
+// not pin its memory for good.
+const maxPooledBuffer = 64 << 10
+
+var (
+	requestBuffers  = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+	responseBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+	headerMaps      = sync.Pool{New: func() any { return make(http.Header, 8) }}
+)
+
+func getBuffer(p *sync.Pool) *[]byte { return p.Get().(*[]byte) }
+
+func putBuffer(p *sync.Pool, b *[]byte) {
+	if cap(*b) <= maxPooledBuffer {
+		*b = (*b)[:0]
+		p.Put(b)
+	}
+}

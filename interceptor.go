@@ -1,0 +1,417 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// Interceptor is a Connect interceptor that makes unary procedures
+// idempotent on the handler side: the first call with a key runs the
+// handler, and every retry with the same key gets the stored response (or
+// the stored error) back, without running the handler again. Create it with
+// [NewInterceptor] and pass it to a handler constructor with
+// [connect.WithInterceptors]. It is safe for concurrent use.
+//
+// It guards every unary procedure whose idempotency level is neither
+// NO_SIDE_EFFECTS nor IDEMPOTENT, or the unary procedures that
+// [WithProcedures] selects. Client-side calls, streaming calls and requests
+// without a key pass through untouched and never reach the store (a request
+// without a key is rejected under [WithRequireKey]). The options that only
+// the middleware of package httpmw uses are ignored.
+//
+// The key names one request of one procedure (and of one caller, under
+// [WithKeyScope]); its fingerprint hashes the procedure and the
+// deterministic binary form of the request message, so the JSON and the
+// binary encodings of one request are one request. What is stored is the
+// outcome as the client sees it: the response message in protojson with its
+// full name, or the handler's error (code, message, details and, unless it
+// came from another server, metadata), and the response headers and
+// trailers, including those set through [connect.CallInfoForHandlerContext],
+// without protocol headers such as Content-Type and Grpc-*, hop-by-hop
+// headers, and Set-Cookie or Authorization. A panic, a response over
+// [WithMaxResponseSize], and an error returned because the request's
+// context ended are not stored: the claim is released and a retry runs the
+// handler again.
+//
+// The errors that the interceptor raises itself are [*connect.Error]s with
+// the metadata entry [StatusHeader] (see [CodeOf] for their codes); an
+// in-flight conflict also carries a Retry-After entry in whole seconds. On
+// the server they unwrap to the sentinels of this package, such as
+// [ErrInFlight], so errors.Is works on them.
+//
+// A replay reaches the interceptors outside this one, and the client, as a
+// [*connect.Response] with the stored headers and trailers and the replay
+// header (by default Idempotent-Replayed: true), or as a [*connect.Error]
+// with the stored code, message, details and metadata and the replay header
+// in its metadata. The client receives the same message it received the
+// first time, on every protocol. An outer interceptor, however, does not see
+// the generated type in a replayed response's Any(): the interceptor builds
+// the message from the protobuf registry without knowing its Go type, so
+// Any() returns a wrapper that implements [proto.Message] by delegating to
+// the concrete message. To reach the concrete message, use the wrapper's
+// Unwrap method:
+//
+//	msg := res.Any()
+//	if w, ok := msg.(interface{ Unwrap() proto.Message }); ok {
+//		msg = w.Unwrap() // for example a *paymentsv1.ChargeResponse
+//	}
+type Interceptor struct {
+	engine       *Engine
+	procedures   func(connect.Spec) bool
+	requireKey   bool
+	enforceUUID4 bool
+	fingerprint  bool
+	maxResponse  int64
+	keyHeader    string
+	replayHeader string
+	retryAfter   string
+	logger       *slog.Logger
+}
+
+var _ connect.Interceptor = (*Interceptor)(nil)
+
+// NewInterceptor returns an interceptor over store, configured by opts. It
+// panics if store is nil or an option cannot work.
+func NewInterceptor(store Store, opts ...Option) *Interceptor {
+	if store == nil {
+		panic("idempotency: NewInterceptor: store must not be nil")
+	}
+	e := NewEngine(store, opts...)
+	s := e.Settings()
+	return &Interceptor{
+		engine:       e,
+		procedures:   s.Procedures,
+		requireKey:   s.RequireKey,
+		enforceUUID4: s.EnforceUUID4,
+		fingerprint:  s.Fingerprint,
+		maxResponse:  s.MaxResponseSize,
+		keyHeader:    s.IdempotencyHeader,
+		replayHeader: s.ReplayHeader,
+		retryAfter:   retryAfterSeconds(s.RetryAfter),
+		logger:       s.Logger,
+	}
+}
+
+// retryAfterSeconds renders d in whole seconds, rounded up, and at least 1.
+func retryAfterSeconds(d time.Duration) string {
+	return strconv.FormatInt(max(1, int64((d+time.Second-1)/time.Second)), 10)
+}
+
+// WrapUnary guards the handler side of unary calls.
+func (i *Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		spec := req.Spec()
+		if spec.IsClient || !i.guards(spec) {
+			return next(ctx, req)
+		}
+		return i.serve(ctx, req, next)
+	}
+}
+
+// WrapStreamingClient returns next unchanged: streaming calls are not guarded.
+func (i *Interceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+// WrapStreamingHandler returns next unchanged: streaming calls are not guarded.
+func (i *Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+func (i *Interceptor) guards(spec connect.Spec) bool {
+	if i.procedures != nil {
+		return i.procedures(spec)
+	}
+	return spec.IdempotencyLevel != connect.IdempotencyNoSideEffects &&
+		spec.IdempotencyLevel != connect.IdempotencyIdempotent
+}
+
+func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next connect.UnaryFunc) (connect.AnyResponse, error) {
+	key, err := i.engine.Key(req.Header())
+	if err != nil {
+		return nil, i.libraryError(err)
+	}
+	if key == "" {
+		if i.requireKey {
+			return nil, i.libraryError(ErrKeyRequired)
+		}
+		return next(ctx, req)
+	}
+	msg, ok := req.Any().(proto.Message)
+	if !ok {
+		// Without a protobuf message there is neither a deterministic
+		// fingerprint nor a way to store the response; refusing the call
+		// would break a working service, so it runs unguarded.
+		i.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: request is not a protobuf message; running it unguarded",
+			slog.String("procedure", req.Spec().Procedure))
+		return next(ctx, req)
+	}
+	procedure := req.Spec().Procedure
+	r := Request{
+		Scope: i.engine.ScopeOf(ctx, req.Header()),
+		Route: procedure,
+		Key:   key,
+	}
+	if i.fingerprint {
+		if r.Fingerprint, err = fingerprintMessage(procedure, msg); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		}
+	}
+	exec, rec, err := i.engine.Begin(ctx, r)
+	switch {
+	case err != nil:
+		return nil, i.libraryError(err)
+	case rec != nil:
+		return i.replay(ctx, req.Spec(), &r, rec)
+	case !exec.Protected():
+		return next(ctx, req)
+	}
+	return i.execute(ctx, req, next, exec)
+}
+
+// fingerprintMessage hashes the procedure and the deterministic binary form
+// of msg, which is the same whether the client sent JSON or binary.
+func fingerprintMessage(procedure string, msg proto.Message) (Fingerprint, error) {
+	buf := getBuffer()
+	defer putBuffer(buf)
+	b, err := proto.MarshalOptions{Deterministic: true, AllowPartial: true}.MarshalAppend((*buf)[:0], msg)
+	if err != nil {
+		return Fingerprint{}, errors.New("idempotency: the request message cannot be encoded to fingerprint it")
+	}
+	*buf = b
+	var f Fingerprinter
+	f.AddString(procedure)
+	f.AddBytes(b)
+	return f.Sum(), nil
+}
+
+// execute runs the handler under the claim and records its outcome before
+// returning it.
+func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next connect.UnaryFunc, exec *Execution) (connect.AnyResponse, error) {
+	returned := false
+	defer func() {
+		// A panic, or runtime.Goexit, leaves nothing to store: release the
+		// claim so that a retry runs again, and let the panic go on with
+		// its stack intact.
+		if !returned {
+			_ = exec.Release()
+		}
+	}()
+	res, err := next(ctx, req)
+	returned = true
+
+	if contextEnded(ctx, err) {
+		_ = exec.Release()
+		return res, err
+	}
+	rec, ok := i.record(ctx, req, res, err)
+	if !ok {
+		_ = exec.Release()
+		return res, err
+	}
+	// Complete logs its failures; the client gets its answer regardless.
+	_ = exec.Complete(rec)
+	return res, err
+}
+
+// contextEnded reports whether the handler returned because its request's
+// context ended, rather than with an answer of its own.
+func contextEnded(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() == nil {
+		return false
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, context.Cause(ctx)) {
+		return true
+	}
+	code := connect.CodeOf(err)
+	return code == connect.CodeCanceled || code == connect.CodeDeadlineExceeded
+}
+
+// record builds the record of a handler's outcome, as its client sees it.
+// It reports false when the outcome must not be stored.
+func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res connect.AnyResponse, err error) (*Record, bool) {
+	info, _ := connect.CallInfoForHandlerContext(ctx)
+	if err != nil {
+		return i.errorRecord(info, err), true
+	}
+	if res == nil {
+		return nil, false
+	}
+	msg, ok := res.Any().(proto.Message)
+	if !ok {
+		return nil, false
+	}
+	body, mErr := protojson.Marshal(msg)
+	if mErr != nil {
+		i.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response cannot be encoded; it was not stored",
+			slog.String("procedure", req.Spec().Procedure), slog.Any("error", mErr))
+		return nil, false
+	}
+	if int64(len(body)) > i.maxResponse {
+		i.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response is over the size limit; it was not stored",
+			slog.String("procedure", req.Spec().Procedure), slog.Int("size", len(body)))
+		return nil, false
+	}
+	rec := &Record{
+		Status:  http.StatusOK,
+		Message: string(msg.ProtoReflect().Descriptor().FullName()),
+		Body:    body,
+	}
+	// connect-go sends the headers and trailers set through the call info
+	// first, then those of the response; the client sees both.
+	if info != nil {
+		rec.Header = i.visible(rec.Header, info.ResponseHeader())
+		rec.Trailer = i.visible(rec.Trailer, info.ResponseTrailer())
+	}
+	rec.Header = i.visible(rec.Header, res.Header())
+	rec.Trailer = i.visible(rec.Trailer, res.Trailer())
+	return rec, true
+}
+
+// errorRecord builds the record of a handler error. Its Header holds what
+// the client sees as the error's metadata apart from trailers: the headers
+// set through the call info, then the error's own metadata.
+func (i *Interceptor) errorRecord(info connect.CallInfo, err error) *Record {
+	e := &ErrorRecord{Code: uint32(connect.CodeUnknown), Message: err.Error()}
+	rec := &Record{Error: e}
+	if info != nil {
+		rec.Header = i.visible(rec.Header, info.ResponseHeader())
+		rec.Trailer = i.visible(rec.Trailer, info.ResponseTrailer())
+	}
+	var ce *connect.Error
+	switch {
+	case errors.As(err, &ce) && ce != nil:
+		e.Code = uint32(ce.Code())
+		e.Message = ce.Message()
+		for _, d := range ce.Details() {
+			e.Details = append(e.Details, ErrorDetail{Type: d.Type(), Value: d.Bytes()})
+		}
+		// connect-go drops the metadata of an error that came from another
+		// server, so its client never sees it.
+		if !connect.IsWireError(ce) {
+			rec.Header = i.visible(rec.Header, ce.Meta())
+		}
+	case errors.Is(err, context.Canceled):
+		e.Code = uint32(connect.CodeCanceled)
+	case errors.Is(err, context.DeadlineExceeded):
+		e.Code = uint32(connect.CodeDeadlineExceeded)
+	}
+	rec.Status = httpStatusOf(connect.Code(e.Code))
+	return rec
+}
+
+// visible appends to dst the entries of from that connect-go sends to the
+// client and that may be replayed: everything but protocol, hop-by-hop and
+// credential headers, and the replay header, which only a replay carries.
+func (i *Interceptor) visible(dst, from http.Header) http.Header {
+	for k, vs := range from {
+		if len(vs) == 0 || !i.storable(k) {
+			continue
+		}
+		if dst == nil {
+			dst = make(http.Header, len(from))
+		}
+		dst[k] = append(dst[k], vs...)
+	}
+	return dst
+}
+
+func (i *Interceptor) storable(name string) bool {
+	name = textproto.CanonicalMIMEHeaderKey(name)
+	if neverStored(name) || name == i.replayHeader {
+		return false
+	}
+	switch name {
+	case "Content-Type", "Content-Encoding", "Accept-Encoding", "Date", "Host", "User-Agent":
+		return false
+	}
+	return !strings.HasPrefix(name, "Connect-") && !strings.HasPrefix(name, "Grpc-")
+}
+
+// httpStatusOf is the HTTP status that the Connect protocol answers a code
+// with.
+func httpStatusOf(code connect.Code) int {
+	switch code {
+	case connect.CodeCanceled:
+		return 499
+	case connect.CodeInvalidArgument, connect.CodeFailedPrecondition, connect.CodeOutOfRange:
+		return http.StatusBadRequest
+	case connect.CodeDeadlineExceeded:
+		return http.StatusGatewayTimeout
+	case connect.CodeNotFound:
+		return http.StatusNotFound
+	case connect.CodeAlreadyExists, connect.CodeAborted:
+		return http.StatusConflict
+	case connect.CodePermissionDenied:
+		return http.StatusForbidden
+	case connect.CodeResourceExhausted:
+		return http.StatusTooManyRequests
+	case connect.CodeUnimplemented:
+		return http.StatusNotImplemented
+	case connect.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case connect.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	default: // Unknown, Internal, DataLoss and codes from the future
+		return http.StatusInternalServerError
+	}
+}
+
+// libraryError turns one of the package's errors into what the client
+// gets: a [*connect.Error] whose message says what to fix and whose
+// metadata carries [StatusHeader]. It unwraps to err, but its message never
+// shows err's causes, which may describe the store's internals.
+func (i *Interceptor) libraryError(err error) *connect.Error {
+	code, label, ok := CodeOf(err)
+	if !ok {
+		code = connect.CodeInternal
+	}
+	var msg string
+	switch {
+	case errors.Is(err, ErrKeyRequired):
+		msg = "this procedure requires an " + i.keyHeader + " header: send a unique key, such as a random UUID, and reuse it only to retry the same request"
+	case errors.Is(err, ErrInvalidKey):
+		reason := strings.TrimPrefix(err.Error(), ErrInvalidKey.Error()+": ")
+		msg = "invalid " + i.keyHeader + " header: " + reason + "; send one value of 1 to 255 bytes without control characters"
+		if i.enforceUUID4 {
+			msg = "invalid " + i.keyHeader + " header: " + reason + "; send a random v4 UUID"
+		}
+	case errors.Is(err, ErrInFlight):
+		msg = "a request with this idempotency key is still in progress: retry after " + i.retryAfter + " s with the same key to get its result"
+	case errors.Is(err, ErrFingerprintMismatch):
+		msg = "this idempotency key was already used for a different request: send a new key for a new request, or the same request to retry"
+	case errors.Is(err, ErrStoreUnavailable):
+		msg = "the idempotency store is unavailable: retry later with the same key"
+	default:
+		msg = "idempotency: internal error"
+	}
+	ce := connect.NewError(code, &clientError{msg: msg, err: err})
+	if label != "" {
+		ce.Meta().Set(StatusHeader, label)
+	}
+	if label == StatusInFlight {
+		ce.Meta().Set("Retry-After", i.retryAfter)
+	}
+	return ce
+}
+
+// clientError carries the message a client is shown, while unwrapping to
+// the error the library raised.
+type clientError struct {
+	msg string
+	err error
+}
+
+func (e *clientError) Error() string { return e.msg }
+func (e *clientError) Unwrap() error { return e.err }

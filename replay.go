@@ -1,0 +1,127 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// replayed is the message of a replayed response. A replay is built from
+// the protobuf registry, so the interceptor cannot name the generated Go
+// type that a [connect.Response] would need; connect-go only hands the
+// message to its codecs, which need nothing but a [proto.Message], and the
+// embedded message provides that, so every protocol sends the concrete
+// message. Unwrap returns it, for interceptors outside this one.
+type replayed struct{ proto.Message }
+
+// Unwrap returns the concrete message.
+func (r *replayed) Unwrap() proto.Message { return r.Message }
+
+// errCorruptReplay wraps every reason why a stored record cannot be
+// replayed as a Connect response.
+var errCorruptReplay = errors.New("idempotency: stored response cannot be replayed")
+
+// replay answers a request from a stored record, exactly as a unary
+// function would: a response, or the stored handler error. A record that
+// cannot be turned back into either is logged and answered as a store
+// failure. Everything a replay needs beyond the record is built here, so
+// that decoded messages can be kept for hot keys without touching the
+// callers.
+func (i *Interceptor) replay(ctx context.Context, spec connect.Spec, req *Request, rec *Record) (connect.AnyResponse, error) {
+	var (
+		res connect.AnyResponse
+		err error
+	)
+	if rec.Error != nil {
+		var ce *connect.Error
+		if ce, err = i.replayedError(ctx, rec); err == nil {
+			return nil, ce
+		}
+	} else if res, err = i.replayedResponse(spec, rec); err == nil {
+		return res, nil
+	}
+	i.logger.LogAttrs(ctx, slog.LevelError, "idempotency: stored response cannot be replayed",
+		slog.String("key_hash", keyHash(storageKey(req.Scope, req.Route, req.Key))),
+		slog.String("procedure", spec.Procedure), slog.Any("error", err))
+	return nil, i.libraryError(fmt.Errorf("%w: %w", ErrStoreUnavailable, err))
+}
+
+// replayedResponse rebuilds a stored response message, with its headers,
+// trailers and the replay header.
+func (i *Interceptor) replayedResponse(spec connect.Spec, rec *Record) (connect.AnyResponse, error) {
+	if rec.Message == "" {
+		return nil, fmt.Errorf("%w: the record holds neither a message nor an error", errCorruptReplay)
+	}
+	name := protoreflect.FullName(rec.Message)
+	if !name.IsValid() {
+		return nil, fmt.Errorf("%w: invalid message name %q", errCorruptReplay, rec.Message)
+	}
+	if md, ok := spec.Schema.(protoreflect.MethodDescriptor); ok && md.Output().FullName() != name {
+		return nil, fmt.Errorf("%w: stored %s, but the procedure answers %s", errCorruptReplay, name, md.Output().FullName())
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: message %s: %w", errCorruptReplay, name, err)
+	}
+	msg := mt.New().Interface()
+	if len(rec.Body) > 0 {
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(rec.Body, msg); err != nil {
+			return nil, fmt.Errorf("%w: message %s: %w", errCorruptReplay, name, err)
+		}
+	}
+	res := connect.NewResponse(&replayed{msg})
+	copyHeader(res.Header(), rec.Header)
+	copyHeader(res.Trailer(), rec.Trailer)
+	res.Header().Set(i.replayHeader, "true")
+	return res, nil
+}
+
+// replayedError rebuilds a stored handler error, with its details, its
+// metadata and the replay header in the metadata.
+func (i *Interceptor) replayedError(ctx context.Context, rec *Record) (*connect.Error, error) {
+	e := rec.Error
+	code := connect.Code(e.Code)
+	if code < connect.CodeCanceled || code > connect.CodeUnauthenticated {
+		return nil, fmt.Errorf("%w: error code %d", errCorruptReplay, e.Code)
+	}
+	var cause error
+	if e.Message != "" {
+		cause = errors.New(e.Message)
+	}
+	ce := connect.NewError(code, cause)
+	for _, d := range e.Details {
+		if d.Type == "" {
+			return nil, fmt.Errorf("%w: error detail without a type", errCorruptReplay)
+		}
+		detail, err := connect.NewErrorDetail(&anypb.Any{TypeUrl: "type.googleapis.com/" + d.Type, Value: d.Value})
+		if err != nil {
+			return nil, fmt.Errorf("%w: error detail %s: %w", errCorruptReplay, d.Type, err)
+		}
+		ce.AddDetail(detail)
+	}
+	copyHeader(ce.Meta(), rec.Header)
+	// connect-go sends the call info's trailers with an error, apart from
+	// its metadata; replaying them the same way keeps the wire alike.
+	if info, ok := connect.CallInfoForHandlerContext(ctx); ok {
+		copyHeader(info.ResponseTrailer(), rec.Trailer)
+	} else {
+		copyHeader(ce.Meta(), rec.Trailer)
+	}
+	ce.Meta().Set(i.replayHeader, "true")
+	return ce, nil
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, vs := range src {
+		dst[k] = append(dst[k], vs...)
+	}
+}

@@ -1,0 +1,175 @@
+package memory_test
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkey/idempotency"
+	"github.com/idemkey/idempotency/store/memory"
+)
+
+// benchKey returns the i-th key of a benchmark, shaped like the engine's
+// storage keys: the unpadded base64 of a SHA-256 sum, 43 bytes.
+func benchKey(i int) string {
+	var buf [8]byte
+	binary.LittleEndian.PutUint64(buf[:], uint64(i))
+	sum := sha256.Sum256(buf[:])
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+func benchKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = benchKey(i)
+	}
+	return keys
+}
+
+// benchToken is shaped like the engine's tokens: 128 random bits, 22 bytes
+// of base64.
+const benchToken = "q3tTe8Y0m1iZ5vUjHc2XbA"
+
+var benchRecord = []byte(`{"s":201,"b":"eyJpZCI6IjQyIn0"}`) // 30 bytes
+
+func BenchmarkClaim(b *testing.B) {
+	keys := benchKeys(b.N)
+	s := memory.New(memory.WithMaxRecords(b.N + 1))
+	ctx := b.Context()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		res, err := s.Claim(ctx, keys[i], benchToken, time.Minute)
+		if err != nil || res.State != idempotency.StateClaimed {
+			b.Fatal(res.State, err)
+		}
+	}
+}
+
+func BenchmarkClaimParallel(b *testing.B) {
+	keys := benchKeys(b.N)
+	s := memory.New(memory.WithMaxRecords(b.N + 1))
+	ctx := b.Context()
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			key := keys[next.Add(1)-1]
+			if _, err := s.Claim(ctx, key, benchToken, time.Minute); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkClaimCompleted measures the replay path: the key holds a
+// completed record.
+func BenchmarkClaimCompleted(b *testing.B) {
+	const n = 1024
+	keys := benchKeys(n)
+	s := memory.New()
+	ctx := b.Context()
+	for _, key := range keys {
+		if _, err := s.Claim(ctx, key, benchToken, time.Minute); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Complete(ctx, key, benchToken, benchRecord, time.Hour); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		res, err := s.Claim(ctx, keys[i%n], "other", time.Minute)
+		if err != nil || res.State != idempotency.StateCompleted {
+			b.Fatal(res.State, err)
+		}
+	}
+}
+
+func BenchmarkClaimCompletedParallel(b *testing.B) {
+	const n = 1024
+	keys := benchKeys(n)
+	s := memory.New()
+	ctx := b.Context()
+	for _, key := range keys {
+		if _, err := s.Claim(ctx, key, benchToken, time.Minute); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Complete(ctx, key, benchToken, benchRecord, time.Hour); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(1)) * 7919
+		for pb.Next() {
+			i++
+			res, err := s.Claim(ctx, keys[i%n], "other", time.Minute)
+			if err != nil || res.State != idempotency.StateCompleted {
+				b.Error(res.State, err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkComplete(b *testing.B) {
+	keys := benchKeys(b.N)
+	s := memory.New(memory.WithMaxRecords(b.N + 1))
+	ctx := b.Context()
+	for _, key := range keys {
+		if _, err := s.Claim(ctx, key, benchToken, time.Minute); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if err := s.Complete(ctx, keys[i], benchToken, benchRecord, time.Hour); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMemoryPerRecord fills a store with a million completed records
+// of 30 bytes and reports the heap it holds per record: "B/record" in all,
+// and "overhead-B/record" beyond the key's and the record's own bytes.
+// Its ns/op is the time to fill the store.
+func BenchmarkMemoryPerRecord(b *testing.B) {
+	const n = 1_000_000
+	ctx := b.Context()
+	for b.Loop() {
+		before := heapInUse()
+		s := memory.New(memory.WithMaxRecords(n))
+		for i := range n {
+			// Made one by one, so that no slice of keys is counted.
+			key := benchKey(i)
+			if _, err := s.Claim(ctx, key, benchToken, time.Minute); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Complete(ctx, key, benchToken, benchRecord, time.Hour); err != nil {
+				b.Fatal(err)
+			}
+		}
+		held := float64(heapInUse()-before) / n
+		runtime.KeepAlive(s)
+		b.ReportMetric(held, "B/record")
+		b.ReportMetric(held-float64(len(benchKey(0))+len(benchRecord)), "overhead-B/record")
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var stats runtime.MemStats
+	runtime.ReadMemStats(&stats)
+	return stats.HeapAlloc
+}

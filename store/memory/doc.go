@@ -1,0 +1,33 @@
+// Package memory is an in-process [idempotency.Store]: the default for a
+// single instance, for tests, and for development.
+//
+// A [Store] keeps claims and completed records in a map held by one
+// process, so it protects requests that reach that process only. Several
+// replicas of a service need a shared store, such as the one in
+// store/redisstore.
+//
+// What it guarantees:
+//
+//   - Every method is atomic with respect to the others and safe for
+//     concurrent use: of any number of concurrent claims on one key, exactly
+//     one succeeds.
+//   - Leases and record expiries run on the store's own monotonic clock, so
+//     changes of the wall clock do not shorten or lengthen them.
+//   - It is bounded: it holds at most [WithMaxRecords] claims and records
+//     together. When it is full, a new claim first makes it drop the entries
+//     whose lease or expiry has passed; if that frees nothing the claim fails
+//     with an error wrapping [ErrFull], which the engine answers as a store
+//     failure. It never evicts a live claim or an unexpired record to make
+//     room.
+//   - It implements [idempotency.Waiter]: a duplicate request waits on a
+//     channel, without polling, and is woken when the claim is completed or
+//     released or when its lease runs out.
+//
+// What it does not do: it keeps nothing across restarts, and it shares
+// nothing between processes.
+//
+// Expired entries are reclaimed lazily, by the calls that meet them and by
+// a sweep of part of the map that new claims trigger now and then, so the
+// store starts no goroutine. [Store.Close] exists so that the store can be
+// handled like the others; calling it is harmless and optional.
+package memory

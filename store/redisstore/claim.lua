@@ -1,0 +1,26 @@
+-- Claim: one round trip that claims a free key or reports what it holds.
+--
+-- KEYS[1]  storage key
+-- ARGV[1]  claim value: "c" followed by the token
+-- ARGV[2]  lease, in milliseconds (> 0)
+--
+-- Values: "c"..token is a claim, "w"..token a claim that a waiter has marked,
+-- "d"..record a completed record. Expiry is the key's own TTL.
+--
+-- Reply: {1} claimed (also when the key is already this token's claim); {2, pttl} in flight, with the lease left in
+-- milliseconds; {3, value} anything else, with the whole value, which the
+-- caller checks is a completed record. Only the first branch writes.
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1}
+end
+local tag = string.sub(v, 1, 1)
+if tag == 'c' or tag == 'w' then
+  -- The caller's own claim, sent again after its answer was lost.
+  if string.sub(v, 2) == string.sub(ARGV[1], 2) then
+    return {1}
+  end
+  return {2, redis.call('PTTL', KEYS[1])}
+end
+return {3, v}
