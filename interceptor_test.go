@@ -80,15 +80,22 @@ func (s *paymentServer) WatchCharges(ctx context.Context, req *connect.Request[p
 // makes clients for it.
 func startServer(t *testing.T, svc *paymentServer, opts ...connect.HandlerOption) func(...connect.ClientOption) paymentsv1connect.PaymentServiceClient {
 	t.Helper()
+	srv := serve(t, svc, opts...)
+	return func(copts ...connect.ClientOption) paymentsv1connect.PaymentServiceClient {
+		return paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, copts...)
+	}
+}
+
+// serve starts the test server itself.
+func serve(t *testing.T, svc *paymentServer, opts ...connect.HandlerOption) *httptest.Server {
+	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle(paymentsv1connect.NewPaymentServiceHandler(svc, opts...))
 	srv := httptest.NewUnstartedServer(mux)
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return func(copts ...connect.ClientOption) paymentsv1connect.PaymentServiceClient {
-		return paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, copts...)
-	}
+	return srv
 }
 
 // guarded starts a server with the interceptor over store. It logs nowhere
