@@ -61,25 +61,26 @@
 //
 // The middleware answers its own errors with an RFC 9457 problem document
 // (Content-Type application/problem+json, with type, title, status and
-// detail) and the [idempotency.StatusHeader] header:
+// detail) and the [idempotency.StatusHeader] header. Each type is
+// https://github.com/idemkey/idempotency followed by the fragment below:
 //
-//	status  type (after https://github.com/idemkey/idempotency#)  Idempotency-Status
-//	400     key-required       invalid-key        key missing, WithRequireKey
-//	409     in-flight          in-flight          the key is in flight; with Retry-After
-//	413     body-too-large     body-too-large     request body over the limit
-//	422     invalid-key        invalid-key        malformed key, or not a v4 UUID
-//	422     mismatch           mismatch           the key was used with another payload
-//	503     store-unavailable  store-unavailable  the store failed; the handler did not run
+//	status  type                Idempotency-Status  when
+//	400     #key-required       invalid-key         no key, under WithRequireKey
+//	409     #in-flight          in-flight           the key is in flight; with Retry-After
+//	413     #body-too-large     body-too-large      the request body is over the limit
+//	422     #invalid-key        invalid-key         a malformed key, or not a v4 UUID
+//	422     #mismatch           mismatch            the key was used with another payload
+//	503     #store-unavailable  store-unavailable   the store failed; the handler did not run
 //
 // A request body that cannot be read is answered 400 with the type
-// body-unreadable and no Idempotency-Status. The errors are the sentinels
+// #body-unreadable and no Idempotency-Status. The errors are the sentinels
 // of package idempotency, such as [idempotency.ErrInFlight]; the status,
 // the label and the title come from [idempotency.StatusOf].
 //
 // # What the handler must not do
 //
 // As net/http requires, the handler must not use its response writer or
-// read its request body after it returns, nor from another goroutine
-// while it runs. The middleware reuses their buffers for later requests;
-// both answer as closed once the handler has returned.
+// read its request body after it returns. The middleware reuses their
+// buffers for later requests, so both refuse any use once the handler has
+// returned: a write fails and a read finds the end of the body.
 package httpmw

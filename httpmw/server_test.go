@@ -33,10 +33,13 @@ type response struct {
 	body   string
 }
 
-func send(ctx context.Context, t *testing.T, srv *httptest.Server, key, body string) (*response, error) {
-	t.Helper()
+// send posts body with key to srv. It may run outside the test's
+// goroutine, so it reports every failure as its error.
+func send(ctx context.Context, srv *httptest.Server, key, body string) (*response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/payments", strings.NewReader(body))
-	require.NoError(t, err)
+	if err != nil {
+		return nil, err
+	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", key)
 	resp, err := srv.Client().Do(req)
@@ -70,7 +73,7 @@ func TestClientGoneWorkStored(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := send(ctx, t, srv, "gone-key", `{"amount":1}`)
+		_, err := send(ctx, srv, "gone-key", `{"amount":1}`)
 		errc <- err
 	}()
 	<-started
@@ -78,7 +81,7 @@ func TestClientGoneWorkStored(t *testing.T) {
 	require.Error(t, <-errc)
 	assert.Equal(t, "complete", spy.waitEnded(t))
 
-	retry, err := send(t.Context(), t, srv, "gone-key", `{"amount":1}`)
+	retry, err := send(t.Context(), srv, "gone-key", `{"amount":1}`)
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusCreated, retry.status)
 	assert.Equal(t, "true", retry.header.Get("Idempotent-Replayed"))
@@ -129,7 +132,7 @@ func TestHijackIsNotStored(t *testing.T) {
 				assert.NoError(t, rw.Flush())
 			})))
 			for i := range 2 {
-				res, err := send(t.Context(), t, srv, "hijack-key", `{}`)
+				res, err := send(t.Context(), srv, "hijack-key", `{}`)
 				require.NoError(t, err)
 				assert.Equal(t, http.StatusOK, res.status)
 				assert.Equal(t, `{"raw":true}`, res.body)
@@ -161,13 +164,13 @@ func TestInformationalResponse(t *testing.T) {
 			return nil
 		},
 	})
-	first, err := send(ctx, t, srv, "hints-key", `{}`)
+	first, err := send(ctx, srv, "hints-key", `{}`)
 	require.NoError(t, err)
 	assert.Equal(t, []int{http.StatusEarlyHints}, informational)
 	assert.Equal(t, http.StatusCreated, first.status)
 	assert.Equal(t, `{"id":1}`, first.body)
 
-	retry, err := send(t.Context(), t, srv, "hints-key", `{}`)
+	retry, err := send(t.Context(), srv, "hints-key", `{}`)
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusCreated, retry.status)
 	assert.Equal(t, "true", retry.header.Get("Idempotent-Replayed"))
@@ -188,7 +191,7 @@ func TestResponseController(t *testing.T) {
 		jsonHandler(http.StatusCreated, `{"id":1}`)(w, r)
 	})))
 	for range 2 {
-		res, err := send(t.Context(), t, srv, "controller-key", `{}`)
+		res, err := send(t.Context(), srv, "controller-key", `{}`)
 		require.NoError(t, err)
 		assert.Equal(t, http.StatusCreated, res.status)
 		assert.Equal(t, `{"id":1}`, res.body)
