@@ -23,6 +23,8 @@ type Engine struct {
 	waiter  Waiter
 	cfg     *config
 	decoded decodedCache
+	// timed is false for a NonBlocking store, whose calls need no timeout.
+	timed bool
 }
 
 // NewEngine returns an engine over store. It panics if store is nil or an
@@ -33,6 +35,8 @@ func NewEngine(store Store, opts ...Option) *Engine {
 	}
 	e := &Engine{store: store, cfg: newConfig(opts)}
 	e.waiter, _ = store.(Waiter)
+	_, nonBlocking := store.(NonBlocking)
+	e.timed = !nonBlocking
 	return e
 }
 
@@ -183,9 +187,17 @@ func (e *Engine) decode(key string, raw []byte) (*Record, error) {
 }
 
 func (e *Engine) claim(ctx context.Context, key, token string) (ClaimResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.storeTimeout)
+	ctx, cancel := e.storeContext(ctx)
 	defer cancel()
 	return e.store.Claim(ctx, key, token, e.cfg.lease)
+}
+
+// storeContext bounds one store call by the store timeout.
+func (e *Engine) storeContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if !e.timed {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, e.cfg.storeTimeout)
 }
 
 // wait blocks until the in-flight claim on key may have ended, the deadline
@@ -272,7 +284,7 @@ func (x *Execution) renew() {
 	x.mu.Unlock()
 	defer x.renewing.Done()
 
-	ctx, cancel := context.WithTimeout(x.ctx, x.e.cfg.storeTimeout)
+	ctx, cancel := x.e.storeContext(x.ctx)
 	err := x.e.store.Renew(ctx, x.key, x.token, x.e.cfg.lease)
 	cancel()
 
@@ -335,7 +347,7 @@ func (x *Execution) Complete(rec *Record) error {
 	defer putBuffer(buf)
 	*buf = appendRecord((*buf)[:0], rec)
 
-	ctx, cancel := context.WithTimeout(x.ctx, cfg.storeTimeout)
+	ctx, cancel := x.e.storeContext(x.ctx)
 	defer cancel()
 	err := x.e.store.Complete(ctx, x.key, x.token, *buf, cfg.expiry)
 	switch {
@@ -366,7 +378,7 @@ func (x *Execution) Release() error {
 }
 
 func (x *Execution) release() error {
-	ctx, cancel := context.WithTimeout(x.ctx, x.e.cfg.storeTimeout)
+	ctx, cancel := x.e.storeContext(x.ctx)
 	defer cancel()
 	err := x.e.store.Release(ctx, x.key, x.token)
 	if err != nil && !errors.Is(err, ErrNotHeld) {

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
 )
 
 // recordVersion is the version of the record format this package writes
@@ -36,6 +39,15 @@ type Record struct {
 	Error *ErrorRecord
 
 	fingerprint Fingerprint
+	// memo keeps what replays derive from a decoded record, which the
+	// engine shares between replays of a hot key. Nil for records that were
+	// not decoded from a store.
+	memo *recordMemo
+}
+
+// recordMemo is the interceptor's decoded response message.
+type recordMemo struct {
+	message atomic.Pointer[proto.Message]
 }
 
 // An ErrorRecord is a stored [connect.Error].
@@ -222,6 +234,7 @@ func decodeRecord(data []byte) (*Record, error) {
 		return nil, fmt.Errorf("%w: fingerprint of %d bytes", errCorruptRecord, len(w.FP))
 	}
 	r := &Record{
+		memo:    new(recordMemo),
 		Status:  w.Status,
 		Header:  w.Header,
 		Trailer: w.Trailer,

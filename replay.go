@@ -68,6 +68,27 @@ func (i *Interceptor) replayedResponse(spec connect.Spec, rec *Record) (connect.
 	if md, ok := spec.Schema.(protoreflect.MethodDescriptor); ok && md.Output().FullName() != name {
 		return nil, fmt.Errorf("%w: stored %s, but the procedure answers %s", errCorruptReplay, name, md.Output().FullName())
 	}
+	msg, err := decodeMessage(rec, name)
+	if err != nil {
+		return nil, err
+	}
+	res := connect.NewResponse(&replayed{msg})
+	copyHeader(res.Header(), rec.Header)
+	copyHeader(res.Trailer(), rec.Trailer)
+	res.Header().Set(i.replayHeader, "true")
+	return res, nil
+}
+
+// decodeMessage returns the record's message, decoding it on first use.
+// The decoded message is kept on the record, which the engine shares
+// between replays of one stored response, so a hot key is decoded once;
+// replays share the message, which codecs only read.
+func decodeMessage(rec *Record, name protoreflect.FullName) (proto.Message, error) {
+	if rec.memo != nil {
+		if m := rec.memo.message.Load(); m != nil {
+			return *m, nil
+		}
+	}
 	mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("%w: message %s: %w", errCorruptReplay, name, err)
@@ -78,11 +99,10 @@ func (i *Interceptor) replayedResponse(spec connect.Spec, rec *Record) (connect.
 			return nil, fmt.Errorf("%w: message %s: %w", errCorruptReplay, name, err)
 		}
 	}
-	res := connect.NewResponse(&replayed{msg})
-	copyHeader(res.Header(), rec.Header)
-	copyHeader(res.Trailer(), rec.Trailer)
-	res.Header().Set(i.replayHeader, "true")
-	return res, nil
+	if rec.memo != nil {
+		rec.memo.message.Store(&msg)
+	}
+	return msg, nil
 }
 
 // replayedError rebuilds a stored handler error, with its details, its

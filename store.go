@@ -98,3 +98,11 @@ type Waiter interface {
 	// when the key holds no live claim.
 	Wait(ctx context.Context, key string) error
 }
+
+// NonBlocking is an optional marker of a [Store] whose calls never wait on
+// anything but a short lock, such as an in-process store. The engine then
+// calls it without arming a timeout for each call ([WithStoreTimeout]),
+// which costs more than such a call itself.
+type NonBlocking interface {
+	NonBlocking()
+}

@@ -38,8 +38,9 @@ const (
 )
 
 var (
-	_ idempotency.Store  = (*Store)(nil)
-	_ idempotency.Waiter = (*Store)(nil)
+	_ idempotency.Store       = (*Store)(nil)
+	_ idempotency.Waiter      = (*Store)(nil)
+	_ idempotency.NonBlocking = (*Store)(nil)
 )
 
 // Store is an in-memory [idempotency.Store] and [idempotency.Waiter]. Create
@@ -364,3 +365,7 @@ func (sh *shard) wake(key string) {
 		delete(sh.waits, key)
 	}
 }
+
+// NonBlocking marks the store as one whose calls never wait on anything but
+// a shard's lock, so the engine calls it without a timeout of its own.
+func (*Store) NonBlocking() {}
