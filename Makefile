@@ -16,6 +16,8 @@ BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 BUF := go run github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint
 BENCHSTAT := $(TOOLS_BIN)/benchstat
+BENCH_ROUNDS ?= 10
+BENCH_TIME ?= 20000x
 
 # One stamp file per tool version, so that bumping a version reinstalls it.
 GOLANGCI_LINT_STAMP := $(TOOLS_DIR)/stamps/golangci-lint@$(GOLANGCI_LINT_VERSION)
@@ -52,8 +54,21 @@ checkgenerate: generate ## Fail if the generated code is not up to date.
 	fi
 
 .PHONY: bench
-bench: ## Run the benchmarks and save the results in bench.txt.
-	go test -run '^$$' -bench . -benchmem -count 6 ./... | tee bench.txt
+bench: $(BENCHSTAT_STAMP) ## Interleaved rounds of the in-process benchmarks: benchstat table and median ratios to the bare handler.
+	@mkdir -p $(TOOLS_DIR)
+	go test -c -o $(TOOLS_DIR)/httpmw.test ./httpmw
+	go test -c -o $(TOOLS_DIR)/root.test .
+	@rm -f bench.txt
+	@for round in $$(seq 1 $(BENCH_ROUNDS)); do \
+		$(TOOLS_DIR)/httpmw.test -test.run '^$$' -test.bench 'BenchmarkMiddleware' -test.benchmem -test.benchtime $(BENCH_TIME) | grep '^Benchmark' >> bench.txt; \
+		$(TOOLS_DIR)/root.test -test.run '^$$' -test.bench 'BenchmarkInterceptor' -test.benchmem -test.benchtime $(BENCH_TIME) | grep '^Benchmark' >> bench.txt; \
+	done
+	$(BENCHSTAT) bench.txt
+	go run ./internal/benchratio bench.txt
+
+.PHONY: bench-redis
+bench-redis: ## Benchmarks of the Redis store and of 64 concurrent clients over loopback HTTP.
+	go test -run '^$$' -bench . -benchmem -count 6 ./store/redisstore ./internal/loadtest | tee bench-redis.txt
 
 .PHONY: tools
 tools: $(GOLANGCI_LINT_STAMP) $(BENCHSTAT_STAMP) ## Install the pinned tools into .tools/bin.
