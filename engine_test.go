@@ -196,7 +196,7 @@ func TestEngineWaitRunsOut(t *testing.T) {
 	e := idempotency.NewEngine(newMemory(t), idempotency.WithWait(200*time.Millisecond))
 	x, _, err := e.Begin(t.Context(), req("k", "a"))
 	require.NoError(t, err)
-	defer x.Release()
+	defer func() { _ = x.Release() }()
 	start := time.Now()
 	_, _, err = e.Begin(t.Context(), req("k", "a"))
 	assert.ErrorIs(t, err, idempotency.ErrInFlight)

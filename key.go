@@ -87,7 +87,7 @@ func unquote(s string) (string, error) {
 		if strings.IndexByte(body, '"') >= 0 {
 			return "", fmt.Errorf("%w: unescaped quote in quoted string", ErrInvalidKey)
 		}
-		for i := 0; i < len(body); i++ {
+		for i := range len(body) {
 			if body[i] < 0x20 || body[i] > 0x7e {
 				return "", fmt.Errorf("%w: quoted string allows printable ASCII only", ErrInvalidKey)
 			}

@@ -1,7 +1,6 @@
 package idempotency
 
 import (
-	"errors"
 	"strings"
 	"testing"
 
@@ -57,7 +56,7 @@ func TestParseKey(t *testing.T) {
 			key, err := ParseKey(tt.values, tt.uuid4)
 			if tt.wantErr != "" {
 				require.Error(t, err)
-				assert.True(t, errors.Is(err, ErrInvalidKey), "error %v does not wrap ErrInvalidKey", err)
+				assert.ErrorIs(t, err, ErrInvalidKey)
 				assert.Contains(t, err.Error(), tt.wantErr)
 				assert.Empty(t, key)
 				return

@@ -106,7 +106,7 @@ func headerName(option, name string) string {
 	if name == "" {
 		panicf(option, "header name must not be empty")
 	}
-	for i := 0; i < len(name); i++ {
+	for i := range len(name) {
 		if !isTokenChar(name[i]) {
 			panicf(option, "%q is not a valid header name", name)
 		}
@@ -343,15 +343,15 @@ func WithMaxRetries(n int) Option {
 }
 
 // WithBackoff sets the backoff of a [ClientInterceptor]: the first retry
-// waits about initial, each next one twice as long, never more than max,
+// waits about initial, each next one twice as long, never more than maximum,
 // with jitter. By default, it starts at 100 ms and stops growing at 2 s.
 // The servers ignore this option.
-func WithBackoff(initial, max time.Duration) Option {
+func WithBackoff(initial, maximum time.Duration) Option {
 	return optionFunc(func(c *config) {
-		if initial <= 0 || max <= 0 {
-			panicf("WithBackoff", "durations must be positive, got %v and %v", initial, max)
+		if initial <= 0 || maximum <= 0 {
+			panicf("WithBackoff", "durations must be positive, got %v and %v", initial, maximum)
 		}
-		c.backoffInitial, c.backoffMax = initial, max
+		c.backoffInitial, c.backoffMax = initial, maximum
 	})
 }
 

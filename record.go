@@ -222,7 +222,7 @@ func appendString(dst []byte, s string) []byte {
 func decodeRecord(data []byte) (*Record, error) {
 	var w wireRecord
 	if err := json.Unmarshal(data, &w); err != nil {
-		return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
+		return nil, fmt.Errorf("%w: %w", errCorruptRecord, err)
 	}
 	if w.V != recordVersion {
 		return nil, fmt.Errorf("%w: unsupported version %d", errCorruptRecord, w.V)

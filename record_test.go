@@ -2,7 +2,6 @@ package idempotency
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"testing"
 
@@ -56,7 +55,7 @@ func TestRecordRoundTrip(t *testing.T) {
 			assert.Equal(t, rec.Body, got.Body, "body must be byte-identical")
 			assert.Equal(t, rec.Message, got.Message)
 			assert.Equal(t, rec.fingerprint, got.fingerprint)
-			assert.Equal(t, len(rec.Header), len(got.Header))
+			assert.Len(t, got.Header, len(rec.Header))
 			for k, v := range rec.Header {
 				assert.Equal(t, v, got.Header[k], k)
 			}
@@ -82,10 +81,10 @@ func TestDecodeRecordRejectsDamage(t *testing.T) {
 	good := appendRecord(nil, sampleRecords()["connect error"])
 	// Every truncation of a record (a half-written record) is an error, never a
 	// panic and never a partial response.
-	for i := range len(good) {
+	for i := range good {
 		_, err := decodeRecord(good[:i])
 		require.Error(t, err, "prefix of %d bytes decoded", i)
-		assert.True(t, errors.Is(err, errCorruptRecord))
+		assert.ErrorIs(t, err, errCorruptRecord)
 	}
 	tests := []struct {
 		name string
@@ -106,7 +105,7 @@ func TestDecodeRecordRejectsDamage(t *testing.T) {
 			t.Parallel()
 			_, err := decodeRecord([]byte(tt.data))
 			require.Error(t, err)
-			assert.True(t, errors.Is(err, errCorruptRecord))
+			assert.ErrorIs(t, err, errCorruptRecord)
 		})
 	}
 }
