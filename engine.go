@@ -329,7 +329,9 @@ func (x *Execution) end() bool {
 // rejects releases the claim instead. It runs on a context detached from
 // the request's cancellation. On failure it logs, releases the claim if it
 // is still this execution's, and returns the error: the caller still
-// answers its client, and a retry may run the handler again.
+// answers its client, and a retry may run the handler again. Complete does
+// not keep rec, nor its headers or body, after it returns: the caller may
+// reuse them.
 func (x *Execution) Complete(rec *Record) error {
 	if !x.end() {
 		return nil
