@@ -257,19 +257,44 @@ func isJSONType(v string) bool {
 		v = v[:i]
 	}
 	v = strings.TrimSpace(v)
-	if strings.EqualFold(v, "application/json") {
+	if asciiEqualFold(v, "application/json") {
 		return true
 	}
 	const suffix = "+json"
 	slash := strings.IndexByte(v, '/')
-	return slash > 0 && len(v)-len(suffix) > slash+1 && strings.EqualFold(v[len(v)-len(suffix):], suffix)
+	return slash > 0 && len(v)-len(suffix) > slash+1 && asciiEqualFold(v[len(v)-len(suffix):], suffix)
 }
 
 // encoded reports whether the response has a Content-Encoding other than
 // identity.
 func encoded(h http.Header) bool {
 	ce := h["Content-Encoding"]
-	return len(ce) > 0 && ce[0] != "" && !strings.EqualFold(ce[0], "identity")
+	if len(ce) == 0 {
+		return false
+	}
+	v := strings.TrimSpace(ce[0])
+	return v != "" && !asciiEqualFold(v, "identity")
+}
+
+// asciiEqualFold compares case-insensitively in ASCII only, as media types
+// and content codings are compared: Unicode folding would take "ſ" for "s".
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range len(a) {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // storedHeader copies into dst the allowlisted headers of h. An encoded
