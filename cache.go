@@ -9,7 +9,9 @@ import (
 // a hot key is not decoded again on every replay. The store is still asked
 // on every request, so expiry stays the store's: an entry is only used when
 // the store hands back the very bytes it was decoded from. It is bounded in
-// entries and in the size of the records it holds.
+// entries (2048) and in the size of the records it holds (4 KiB each), so at
+// most some 8 MiB of records and their decoded form: replays of larger or
+// colder records decode them again.
 type decodedCache struct {
 	shards [cacheShards]cacheShard
 }

@@ -284,7 +284,11 @@ func (x *Execution) renew() {
 	x.mu.Unlock()
 	defer x.renewing.Done()
 
-	ctx, cancel := x.e.storeContext(x.ctx)
+	// A renewal must end before the next is due: one that waits longer
+	// than that on a slow store would let the lease run out meanwhile.
+	interval := x.e.cfg.lease / 3
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(x.ctx, min(x.e.cfg.storeTimeout, interval))
 	err := x.e.store.Renew(ctx, x.key, x.token, x.e.cfg.lease)
 	cancel()
 
@@ -302,7 +306,9 @@ func (x *Execution) renew() {
 			slog.String("key_hash", keyHash(x.key)), slog.Any("error", err))
 	}
 	if !x.ended {
-		x.timer.Reset(x.e.cfg.lease / 3)
+		// Counted from when this renewal was sent, so that slow renewals do
+		// not drift towards the end of the lease.
+		x.timer.Reset(max(interval-time.Since(start), 0))
 	}
 }
 

@@ -362,3 +362,37 @@ func TestEngineScopesAndRoutesDoNotMeet(t *testing.T) {
 		require.NoError(t, x.Complete(jsonRecord(`{}`)))
 	}
 }
+
+// stallingStore's first renewal hangs until its context ends, as a call to
+// a store that stopped answering does.
+type stallingStore struct {
+	idempotency.Store
+	stalled atomic.Bool
+}
+
+func (s *stallingStore) Renew(ctx context.Context, key, token string, lease time.Duration) error {
+	if s.stalled.CompareAndSwap(false, true) {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return s.Store.Renew(ctx, key, token, lease)
+}
+
+func TestEngineSlowRenewalKeepsTheLease(t *testing.T) {
+	t.Parallel()
+	// With a store timeout far above the lease, a renewal that hangs must
+	// still give up in time for the next one to keep the claim.
+	s := &stallingStore{Store: newMemory(t)}
+	e := idempotency.NewEngine(s, idempotency.WithLease(900*time.Millisecond),
+		idempotency.WithStoreTimeout(time.Minute), idempotency.WithLogger(slog.New(slog.DiscardHandler)))
+	x, _, err := e.Begin(t.Context(), req("k", "a"))
+	require.NoError(t, err)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		_, _, err := e.Begin(t.Context(), req("k", "a"))
+		require.ErrorIs(t, err, idempotency.ErrInFlight)
+		time.Sleep(50 * time.Millisecond)
+	}
+	assert.True(t, s.stalled.Load(), "a renewal was attempted")
+	require.NoError(t, x.Complete(jsonRecord(`{}`)))
+}
