@@ -74,8 +74,11 @@ func (i *Interceptor) replayedResponse(spec connect.Spec, rec *Record) (connect.
 	}
 	res := connect.NewResponse(&replayed{msg})
 	copyHeader(res.Header(), rec.Header)
-	copyHeader(res.Trailer(), rec.Trailer)
-	res.Header().Set(i.replayHeader, "true")
+	if len(rec.Trailer) > 0 {
+		// Trailer makes a map on first use: most responses have none.
+		copyHeader(res.Trailer(), rec.Trailer)
+	}
+	res.Header()[i.replayHeader] = replayValue
 	return res, nil
 }
 
@@ -139,6 +142,10 @@ func (i *Interceptor) replayedError(ctx context.Context, rec *Record) (*connect.
 	ce.Meta().Set(i.replayHeader, "true")
 	return ce, nil
 }
+
+// replayValue is the replay header's value, shared by every replay: connect
+// only reads it.
+var replayValue = []string{"true"}
 
 func copyHeader(dst, src http.Header) {
 	for k, vs := range src {
