@@ -7,9 +7,11 @@
 -- Values: "c"..token is a claim, "w"..token a claim that a waiter has marked,
 -- "d"..record a completed record. Expiry is the key's own TTL.
 --
--- Reply: {1} claimed (also when the key is already this token's claim); {2, pttl} in flight, with the lease left in
--- milliseconds; {3, value} anything else, with the whole value, which the
--- caller checks is a completed record. Only the first branch writes.
+-- Reply: {1} claimed (also when the key is already this token's claim);
+-- {2, pttl} in flight, with the lease left in milliseconds; {3, value, pttl}
+-- anything else, with the whole value, which the caller checks is a
+-- completed record, and its time to live in milliseconds (-1: none), which
+-- a local cache of completed records honours. Only the first branch writes.
 local v = redis.call('GET', KEYS[1])
 if not v then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -23,4 +25,4 @@ if tag == 'c' or tag == 'w' then
   end
   return {2, redis.call('PTTL', KEYS[1])}
 end
-return {3, v}
+return {3, v, redis.call('PTTL', KEYS[1])}

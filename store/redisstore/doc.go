@@ -36,6 +36,17 @@
 // someone else, makes Claim return an error, never a panic and never a
 // response.
 //
+// # Local cache
+//
+// With [WithLocalCache], a store keeps the completed records it stores or
+// finds in a bounded cache of its own, and answers a claim of such a key
+// from there, with no round trip: replays of hot keys then cost Redis
+// nothing. The claim script reports a completed record's time to live for
+// this, and an entry ends no later than its record does in Redis, by
+// Redis's clock. What the cache cannot see is a record that leaves Redis
+// early (deleted, evicted, lost in a failover): the store replays it until
+// its expiry all the same. The cache is off by default.
+//
 // # Waiting
 //
 // [Store] implements [idempotency.Waiter]. The first [Store.Wait] starts one

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"log/slog"
+	"strconv"
 	"time"
 )
 
@@ -22,9 +23,10 @@ type optionFunc func(*config)
 func (f optionFunc) apply(c *config) { f(c) }
 
 type config struct {
-	prefix string
-	logger *slog.Logger
-	poll   time.Duration
+	prefix       string
+	logger       *slog.Logger
+	poll         time.Duration
+	cacheEntries int
 }
 
 // WithPrefix sets the string put before every storage key to form the Redis
@@ -65,4 +67,35 @@ func WithPollInterval(d time.Duration) Option {
 		panic("redisstore: WithPollInterval: interval must be positive, got " + d.String())
 	}
 	return optionFunc(func(c *config) { c.poll = d })
+}
+
+// WithLocalCache keeps up to maxEntries completed records in the process, so
+// that a replay of a key whose record the store has in its cache costs no
+// round trip to Redis at all. A completed record cannot change until it
+// expires, so the cache needs no invalidation: the store adds a record when
+// [Store.Complete] stores it or when [Store.Claim] finds it, and [Store.Claim]
+// answers from the cache while the entry lasts. Records larger than 64 KiB
+// are not cached, so the cache holds at most maxEntries times 64 KiB of
+// records. When it is full, a new record takes the place of one of a few
+// sampled at random: an ended one, or else the least recently used. It
+// panics if maxEntries is not positive.
+//
+// An entry ends no later than its record does in Redis: its time to live,
+// which Redis reports, is counted on the local monotonic clock from when
+// the request that learned it was sent, before Redis began to count. Redis's
+// clock decides when a record expires; the cache can only let an entry end
+// earlier, by up to a round trip (or more if the two clocks run at different
+// rates), after which the next claim asks Redis again.
+//
+// The trade-off: a record that leaves Redis before its expiry (deleted by
+// hand, evicted under maxmemory, lost in a failover) is still replayed from
+// the cache of every store that holds it, until its expiry, even if another
+// request has since run under the key again.
+//
+// By default, there is no local cache: every claim is a round trip.
+func WithLocalCache(maxEntries int) Option {
+	if maxEntries <= 0 {
+		panic("redisstore: WithLocalCache: maxEntries must be positive, got " + strconv.Itoa(maxEntries))
+	}
+	return optionFunc(func(c *config) { c.cacheEntries = maxEntries })
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -63,6 +64,8 @@ type Store struct {
 	channel string
 	logger  *slog.Logger
 	poll    time.Duration
+	// cache holds completed records under [WithLocalCache]; nil without.
+	cache *localCache
 
 	// ctx ends when the store is closed; it bounds the subscription.
 	ctx    context.Context
@@ -108,6 +111,9 @@ func New(client redis.UniversalClient, opts ...Option) *Store {
 		ctx:     ctx,
 		cancel:  cancel,
 	}
+	if cfg.cacheEntries > 0 {
+		s.cache = newLocalCache(cfg.cacheEntries)
+	}
 	if enabled, known := contextTimeoutEnabled(client); known && !enabled {
 		s.logger.Warn("redisstore: the Redis client's ContextTimeoutEnabled is off, " +
 			"so go-redis ignores context deadlines and store calls are bounded only by " +
@@ -131,9 +137,18 @@ func contextTimeoutEnabled(client redis.UniversalClient) (enabled, known bool) {
 
 // Claim claims key for token in one round trip, or reports what the key
 // holds: another live claim, with its lease left, or a completed record.
+// With [WithLocalCache], a key whose completed record the store has in its
+// cache is answered from there, with no round trip.
 func (s *Store) Claim(ctx context.Context, key, token string, lease time.Duration) (idempotency.ClaimResult, error) {
 	if lease <= 0 {
 		return idempotency.ClaimResult{}, fmt.Errorf("redisstore: claim: lease must be positive, got %v", lease)
+	}
+	var sent int64
+	if s.cache != nil {
+		sent = s.cache.now()
+		if record, ok := s.cache.get(key, sent); ok {
+			return idempotency.ClaimResult{State: idempotency.StateCompleted, Record: record}, nil
+		}
 	}
 	reply, err := claimScript.Run(ctx, s.client, []string{s.prefix + key},
 		string(tagClaim)+token, millis(lease)).Result()
@@ -144,9 +159,17 @@ func (s *Store) Claim(ctx context.Context, key, token string, lease time.Duratio
 	if err != nil {
 		return idempotency.ClaimResult{}, fmt.Errorf("redisstore: claim: %w", err)
 	}
+	if s.cache != nil && res.State == idempotency.StateCompleted {
+		// Redis read the TTL after the request was sent, so counting it
+		// from then ends the entry no later than the record.
+		s.cache.put(key, res.Record, deadlineAfter(sent, recordTTL(reply)))
+	}
 	return res, nil
 }
 
+// decodeClaim reads the answer of the claim script: {1} claimed, {2, pttl}
+// in flight, {3, value, pttl} completed, where pttl is the key's time to
+// live in milliseconds and -1 when it has none.
 func decodeClaim(reply any) (idempotency.ClaimResult, error) {
 	values, _ := reply.([]any)
 	if len(values) == 0 {
@@ -162,22 +185,43 @@ func decodeClaim(reply any) (idempotency.ClaimResult, error) {
 			return idempotency.ClaimResult{}, errBadReply
 		}
 		// A claim without a TTL (-1) was not written by this package;
-		// its lease left is unknown.
-		left := time.Duration(max(pttl, 0)) * time.Millisecond
+		// its lease left is unknown. A TTL of centuries saturates rather
+		// than overflow into a negative duration.
+		left := time.Duration(min(max(pttl, 0), math.MaxInt64/int64(time.Millisecond))) * time.Millisecond
 		return idempotency.ClaimResult{State: idempotency.StateInFlight, LeaseLeft: left}, nil
-	case code == 3 && len(values) == 2:
+	case code == 3 && len(values) == 3:
 		v, ok := values[1].(string)
 		if !ok || v == "" || v[0] != tagRecord {
 			return idempotency.ClaimResult{}, fmt.Errorf("%w: the key holds neither a claim nor a record", errBadReply)
+		}
+		if pttl, ok := values[2].(int64); !ok || pttl < -1 {
+			return idempotency.ClaimResult{}, errBadReply
 		}
 		return idempotency.ClaimResult{State: idempotency.StateCompleted, Record: []byte(v[1:])}, nil
 	}
 	return idempotency.ClaimResult{}, errBadReply
 }
 
+// recordTTL returns the time to live of a completed record from a claim
+// reply that [decodeClaim] accepted, negative when the record never
+// expires.
+func recordTTL(reply any) time.Duration {
+	values, _ := reply.([]any)
+	pttl, _ := values[2].(int64)
+	if pttl < 0 {
+		return -1
+	}
+	if pttl > math.MaxInt64/int64(time.Millisecond) {
+		// Hundreds of years: as good as never.
+		return -1
+	}
+	return time.Duration(pttl) * time.Millisecond
+}
+
 // Complete replaces token's live claim on key with record, which Redis then
 // expires after expiry (zero: never), in one round trip. If a waiter marked
-// the claim, the same script publishes its wake-up.
+// the claim, the same script publishes its wake-up. With [WithLocalCache],
+// the store then keeps the record in its cache.
 func (s *Store) Complete(ctx context.Context, key, token string, record []byte, expiry time.Duration) error {
 	if expiry < 0 {
 		return fmt.Errorf("redisstore: complete: expiry must not be negative, got %v", expiry)
@@ -191,9 +235,25 @@ func (s *Store) Complete(ctx context.Context, key, token string, record []byte, 
 	if expiry > 0 {
 		ms = millis(expiry)
 	}
+	var sent int64
+	if s.cache != nil {
+		sent = s.cache.now()
+	}
 	reply, err := completeScript.Run(ctx, s.client, []string{s.prefix + key},
 		token, value, ms, s.channel).Result()
-	return decodeDone("complete", reply, err)
+	if err := decodeDone("complete", reply, err); err != nil {
+		return err
+	}
+	if s.cache != nil {
+		// Redis set the expiry after the request was sent. The value is
+		// this call's own copy, which nothing else writes to.
+		ttl := expiry
+		if expiry == 0 {
+			ttl = -1
+		}
+		s.cache.put(key, value[1:], deadlineAfter(sent, ttl))
+	}
+	return nil
 }
 
 // Release deletes token's live claim on key in one round trip. It never

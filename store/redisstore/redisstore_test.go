@@ -436,6 +436,8 @@ func TestOptionPanics(t *testing.T) {
 		{name: "nil logger", call: func() { redisstore.WithLogger(nil) }, wantPanic: "redisstore: WithLogger: nil logger"},
 		{name: "zero poll", call: func() { redisstore.WithPollInterval(0) }, wantPanic: "redisstore: WithPollInterval: interval must be positive, got 0s"},
 		{name: "negative poll", call: func() { redisstore.WithPollInterval(-time.Second) }, wantPanic: "redisstore: WithPollInterval: interval must be positive, got -1s"},
+		{name: "zero cache", call: func() { redisstore.WithLocalCache(0) }, wantPanic: "redisstore: WithLocalCache: maxEntries must be positive, got 0"},
+		{name: "negative cache", call: func() { redisstore.WithLocalCache(-1) }, wantPanic: "redisstore: WithLocalCache: maxEntries must be positive, got -1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
