@@ -125,7 +125,7 @@ func checkKeyShape(t *testing.T, key string) {
 }
 
 func printableASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
+	for i := range len(s) {
 		if s[i] < 0x20 || s[i] > 0x7e {
 			return false
 		}
@@ -143,7 +143,7 @@ func rawSpellable(key string) bool {
 func quoteKey(key string) string {
 	var b strings.Builder
 	b.WriteByte('"')
-	for i := 0; i < len(key); i++ {
+	for i := range len(key) {
 		if key[i] == '"' || key[i] == '\\' {
 			b.WriteByte('\\')
 		}

@@ -35,22 +35,29 @@ type sample struct {
 func main() {
 	base := flag.String("base", "Bare", "name of the baseline sub-benchmark in each family")
 	flag.Parse()
+	if err := run(flag.Arg(0), *base); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// run reports on the file named path, or on standard input if path is "".
+func run(path, base string) error {
 	in := io.Reader(os.Stdin)
-	if flag.NArg() > 0 {
-		f, err := os.Open(flag.Arg(0))
+	if path != "" {
+		f, err := os.Open(path)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+			return err
 		}
 		defer f.Close()
 		in = f
 	}
 	samples, err := parse(in)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return err
 	}
-	report(os.Stdout, samples, *base)
+	report(os.Stdout, samples, base)
+	return nil
 }
 
 // parse reads the samples in the order they ran.

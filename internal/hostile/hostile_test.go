@@ -30,7 +30,7 @@ type answer int
 const (
 	// answerJSON: 201 with a JSON body that names the run / a response
 	// message that names the run.
-	answerJSON answer = iota
+	answerJSON answer = iota //nolint:unused // the zero value: rows that set no answer use it
 	// answerInvalidJSON: 201, application/json, a body that is not JSON.
 	answerInvalidJSON
 	// answerGzipJSON: 201, application/json, a gzip-encoded JSON body.

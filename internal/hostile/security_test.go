@@ -409,7 +409,7 @@ func (s *faultStore) Renew(ctx context.Context, key, token string, lease time.Du
 // a lease lost while the handler runs, a failure to store, a corrupt or
 // unreplayable record (in a real Redis too), a payload mismatch, a request
 // in flight and invalid keys. No log line may hold a raw key (SPEC §2.4).
-func TestLogsNeverPrintRawKeys(t *testing.T) {
+func TestLogsNeverPrintRawKeys(t *testing.T) { //nolint:tparallel // the "scenarios" group must end before the logs are read
 	t.Parallel()
 	const marker = "SECRETKEY"
 	logs := &syncBuffer{}

@@ -84,7 +84,7 @@ func sharedOptions(tb testing.TB) *redis.Options {
 		shared.opts = opts
 		return opts
 	}
-	dir, err := os.MkdirTemp("", "redistest-")
+	dir, err := os.MkdirTemp("", "redistest-") //nolint:usetesting // the shared server outlives the test that starts it
 	if err != nil {
 		tb.Fatalf("redistest: %v", err)
 	}

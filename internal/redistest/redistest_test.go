@@ -28,7 +28,7 @@ func TestSharedClient(t *testing.T) {
 	assert.Equal(t, redistest.Addr(t), c.Options().Addr, "every test shares one server")
 }
 
-func TestPrefixDeletesItsKeys(t *testing.T) {
+func TestPrefixDeletesItsKeys(t *testing.T) { //nolint:tparallel // the subtest must end (and clean up) before the check
 	t.Parallel()
 	c := redistest.Client(t)
 	var prefix string

@@ -280,7 +280,7 @@ func TestForeignValues(t *testing.T) {
 	}
 }
 
-func TestTTLs(t *testing.T) {
+func TestTTLs(t *testing.T) { //nolint:tparallel // the subtests share one store and read TTLs in turn
 	t.Parallel()
 	c := redistest.Client(t)
 	s, prefix := newStore(t, c)

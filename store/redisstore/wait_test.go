@@ -2,7 +2,6 @@ package redisstore_test
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strconv"
 	"strings"
@@ -246,5 +245,5 @@ func TestWaitContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	err = receive(t, startWait(ctx, s, key), 5*time.Second)
-	assert.True(t, errors.Is(err, context.DeadlineExceeded), "got %v", err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
 }
