@@ -6,6 +6,7 @@
 //
 //	go run ./cmd/example             # serve on 127.0.0.1:8080
 //	go run ./cmd/example -addr :9090
+//	go run ./cmd/example -client     # a client retry after a lost answer
 package main
 
 import (
@@ -35,8 +36,16 @@ import (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	client := flag.Bool("client", false, "show a client's retry after a lost answer, then exit")
 	flag.Parse()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if *client {
+		if err := runClientDemo(os.Stdout, logger); err != nil {
+			logger.Error("client demo failed", "error", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*addr, logger); err != nil {
 		logger.Error("example stopped", "error", err)
 		os.Exit(1)
@@ -181,6 +190,9 @@ func printHelp(w *os.File, base, storeName string) {
 		fmt.Sprintf(`   curl -i %s %s -H 'Idempotency-Key: demo-1' -d '{"accountId":"acct_1","amountCents":9999,"currency":"EUR"}'`, charge, h),
 		"5. The plain net/http endpoint behaves the same (201, then a replay):",
 		fmt.Sprintf(`   curl -i %s/orders %s -H 'Idempotency-Key: order-1' -d '{"item":"book","quantity":2}'`, base, h),
+		"",
+		"6. A Connect client with the client interceptor retries a lost answer safely:",
+		"   go run ./cmd/example -client",
 		"",
 		"Stop with Ctrl-C.",
 	}
