@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -60,6 +61,12 @@ type Settings struct {
 	Fingerprint       bool
 	Procedures        func(connect.Spec) bool
 	Logger            *slog.Logger
+}
+
+// RetryAfterSeconds renders RetryAfter as the value of a Retry-After
+// header: whole seconds, rounded up, at least one.
+func (s Settings) RetryAfterSeconds() string {
+	return strconv.FormatInt(max(1, int64((s.RetryAfter+time.Second-1)/time.Second)), 10)
 }
 
 // Settings returns the engine's resolved options. The slices are copies.

@@ -6,9 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/textproto"
-	"strconv"
 	"strings"
-	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -97,14 +95,9 @@ func NewInterceptor(store Store, opts ...Option) *Interceptor {
 		maxResponse:  s.MaxResponseSize,
 		keyHeader:    s.IdempotencyHeader,
 		replayHeader: s.ReplayHeader,
-		retryAfter:   retryAfterSeconds(s.RetryAfter),
+		retryAfter:   s.RetryAfterSeconds(),
 		logger:       s.Logger,
 	}
-}
-
-// retryAfterSeconds renders d in whole seconds, rounded up, and at least 1.
-func retryAfterSeconds(d time.Duration) string {
-	return strconv.FormatInt(max(1, int64((d+time.Second-1)/time.Second)), 10)
 }
 
 // WrapUnary guards the handler side of unary calls.
@@ -329,7 +322,7 @@ func (i *Interceptor) visible(dst, from http.Header) http.Header {
 
 func (i *Interceptor) storable(name string) bool {
 	name = textproto.CanonicalMIMEHeaderKey(name)
-	if neverStored(name) || name == i.replayHeader {
+	if NeverStored(name) || name == i.replayHeader {
 		return false
 	}
 	switch name {

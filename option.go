@@ -275,19 +275,25 @@ func WithStoredHeaders(names ...string) Option {
 		c.storedHeaders = c.storedHeaders[:0:0]
 		for _, n := range names {
 			n = headerName("WithStoredHeaders", n)
-			if !neverStored(n) {
+			if !NeverStored(n) {
 				c.storedHeaders = append(c.storedHeaders, n)
 			}
 		}
 	})
 }
 
-// neverStored reports whether a canonical header name is one that is never
-// stored: credentials and hop-by-hop headers.
-func neverStored(name string) bool {
+// NeverStored reports whether a response header is one that the library
+// never stores nor replays, whatever the allowlist says: credentials
+// (Set-Cookie, Authorization, ...) and hop-by-hop headers, and
+// Content-Length, which the server computes again. The name must be in
+// canonical form ([http.CanonicalHeaderKey]). Adapters apply it when they
+// store and again when they replay, so that a record written by another
+// version cannot bring such a header in either.
+func NeverStored(name string) bool {
 	switch name {
-	case "Set-Cookie", "Authorization", "Proxy-Authorization", "Proxy-Authenticate", "Www-Authenticate",
-		"Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length":
+	case "Set-Cookie", "Set-Cookie2", "Cookie", "Authorization", "Proxy-Authorization", "Proxy-Authenticate",
+		"Www-Authenticate", "Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer",
+		"Transfer-Encoding", "Upgrade", "Content-Length":
 		return true
 	}
 	return false

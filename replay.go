@@ -147,8 +147,13 @@ func (i *Interceptor) replayedError(ctx context.Context, rec *Record) (*connect.
 // only reads it.
 var replayValue = []string{"true"}
 
+// copyHeader copies stored headers, leaving out those that are never
+// replayed, even from a record that another writer put in the store.
 func copyHeader(dst, src http.Header) {
 	for k, vs := range src {
+		if NeverStored(http.CanonicalHeaderKey(k)) {
+			continue
+		}
 		dst[k] = append(dst[k], vs...)
 	}
 }

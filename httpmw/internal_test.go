@@ -62,7 +62,7 @@ func TestRetryAfterSeconds(t *testing.T) {
 		{d: time.Minute, want: "60"},
 	}
 	for _, tt := range tests {
-		assert.Equal(t, tt.want, retryAfterSeconds(tt.d), "%v", tt.d)
+		assert.Equal(t, tt.want, idempotency.Settings{RetryAfter: tt.d}.RetryAfterSeconds(), "%v", tt.d)
 	}
 }
 
@@ -122,9 +122,9 @@ func TestNeverStored(t *testing.T) {
 	t.Parallel()
 	for _, name := range []string{"Set-Cookie", "Authorization", "Proxy-Authorization", "Connection",
 		"Transfer-Encoding", "Content-Length", "Upgrade", "Keep-Alive", "Te", "Trailer"} {
-		assert.True(t, neverStored(name), name)
+		assert.True(t, idempotency.NeverStored(name), name)
 	}
 	for _, name := range []string{"Content-Type", "Content-Encoding", "Location", "X-Request-Id"} {
-		assert.False(t, neverStored(name), name)
+		assert.False(t, idempotency.NeverStored(name), name)
 	}
 }

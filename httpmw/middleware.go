@@ -6,9 +6,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
-	"strconv"
 	"sync"
-	"time"
 
 	"github.com/idemkey/idempotency"
 )
@@ -64,34 +62,12 @@ func newMiddleware(e *idempotency.Engine) *middleware {
 	}
 	for _, name := range s.StoredHeaders {
 		name = http.CanonicalHeaderKey(name)
-		if !neverStored(name) {
+		if !idempotency.NeverStored(name) {
 			m.stored = append(m.stored, name)
 		}
 	}
 	m.problems = newProblems(s)
 	return m
-}
-
-// retryAfterSeconds renders d as a Retry-After value: whole seconds,
-// rounded up, at least one.
-func retryAfterSeconds(d time.Duration) string {
-	secs := int64((d + time.Second - 1) / time.Second)
-	return strconv.FormatInt(max(secs, 1), 10)
-}
-
-// neverStored reports whether a canonical header name must never be stored
-// or replayed, whatever the allowlist says: credentials and hop-by-hop
-// headers. The engine filters its allowlist too; this list is the
-// adapter's own guard, applied both when storing and when replaying, so
-// that a record written by another version cannot smuggle them in either.
-func neverStored(name string) bool {
-	switch name {
-	case "Set-Cookie", "Set-Cookie2", "Cookie", "Authorization", "Proxy-Authorization", "Proxy-Authenticate",
-		"Www-Authenticate", "Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer",
-		"Transfer-Encoding", "Upgrade", "Content-Length":
-		return true
-	}
-	return false
 }
 
 // handler is the middleware applied to one handler.
@@ -214,7 +190,7 @@ func (m *middleware) readFailed(w http.ResponseWriter, err error) {
 func (m *middleware) replay(w http.ResponseWriter, rec *idempotency.Record) {
 	h := w.Header()
 	for name, values := range rec.Header {
-		if !neverStored(http.CanonicalHeaderKey(name)) {
+		if !idempotency.NeverStored(http.CanonicalHeaderKey(name)) {
 			// The record is shared with other replays. Clipped, its values
 			// are copied by an Add rather than appended to in place.
 			h[name] = values[:len(values):len(values)]

@@ -85,7 +85,7 @@ func newProblems(s idempotency.Settings) problems {
 				http.StatusInternalServerError, "The idempotency middleware met an unexpected error."),
 		},
 	}
-	ps.inFlight.retryAfter = []string{retryAfterSeconds(s.RetryAfter)}[:1:1]
+	ps.inFlight.retryAfter = []string{s.RetryAfterSeconds()}[:1:1]
 	return ps
 }
 
