@@ -1020,3 +1020,23 @@ func TestInterceptorStoredHeaders(t *testing.T) {
 	assert.Equal(t, "en", retry.Header().Get("Content-Language"))
 	assert.Equal(t, first.Header().Get("Content-Type"), retry.Header().Get("Content-Type"))
 }
+
+func TestInterceptorReplayDropsCredentialsFromForeignRecords(t *testing.T) {
+	t.Parallel()
+	// A record written by someone else (another version, a hand edit) that
+	// carries credentials: they must not reach the client.
+	foreign := []byte(`{"v":1,"s":200,"m":"idemkey.payments.v1.ChargeResponse","b":"e30=",` +
+		`"h":{"Set-Cookie":["session=stolen"],"authorization":["Bearer x"],"X-Kept":["yes"]},` +
+		`"t":{"Set-Cookie":["t=1"]}}`)
+	store := &faultyStore{Store: newMemory(t), corrupt: foreign}
+	svc := &paymentServer{charge: chargeHandler}
+	client := guarded(t, svc, store)()
+	res, err := client.Charge(t.Context(), chargeRequest("foreign"))
+	require.NoError(t, err)
+	assert.Equal(t, "true", res.Header().Get(idempotency.DefaultReplayHeader))
+	assert.Equal(t, "yes", res.Header().Get("X-Kept"))
+	assert.Empty(t, res.Header().Values("Set-Cookie"))
+	assert.Empty(t, res.Header().Values("Authorization"))
+	assert.Empty(t, res.Trailer().Values("Set-Cookie"))
+	assert.Zero(t, svc.chargeRuns.Load())
+}
