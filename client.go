@@ -71,19 +71,6 @@ func (c *ClientInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFu
 	return next
 }
 
-// guards reports whether the procedure is guarded: by default, those that
-// are not already safe to retry.
-func guards(cfg *config, spec connect.Spec) bool {
-	if spec.StreamType != connect.StreamTypeUnary {
-		return false
-	}
-	if cfg.procedures != nil {
-		return cfg.procedures(spec)
-	}
-	return spec.IdempotencyLevel != connect.IdempotencyNoSideEffects &&
-		spec.IdempotencyLevel != connect.IdempotencyIdempotent
-}
-
 // retryable reports whether a failed call may be sent again with its key,
 // and the server's Retry-After hint, if any.
 func retryable(err error) (time.Duration, bool) {

@@ -158,18 +158,42 @@ func TestEngineConcurrentDuplicatesClaimOnce(t *testing.T) {
 	}
 }
 
+// claimCounter counts claims; it keeps the memory store's Waiter.
+type claimCounter struct {
+	*memory.Store
+	claims atomic.Int64
+}
+
+func (c *claimCounter) Claim(ctx context.Context, key, token string, lease time.Duration) (idempotency.ClaimResult, error) {
+	c.claims.Add(1)
+	return c.Store.Claim(ctx, key, token, lease)
+}
+
 func TestEngineWaitGetsTheFirstAnswer(t *testing.T) {
 	t.Parallel()
-	for name, store := range map[string]func(t *testing.T) idempotency.Store{
-		"waiter":    func(t *testing.T) idempotency.Store { return newMemory(t) },
-		"no waiter": func(t *testing.T) idempotency.Store { return struct{ idempotency.Store }{newMemory(t)} },
-	} {
-		t.Run(name, func(t *testing.T) {
+	const n = 12
+	tests := []struct {
+		name       string
+		waiter     bool
+		wantClaims func(claims int64) bool
+	}{
+		// Woken by the completion: each duplicate claims once before it
+		// waits and once after (a spurious wake-up may add one).
+		{name: "waiter", waiter: true, wantClaims: func(c int64) bool { return c <= 1+3*n }},
+		// Without the capability the engine polls, so claims add up.
+		{name: "no waiter", wantClaims: func(c int64) bool { return c > 1+3*n }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			e := idempotency.NewEngine(store(t), idempotency.WithWait(5*time.Second))
+			counter := &claimCounter{Store: newMemory(t)}
+			var store idempotency.Store = counter
+			if !tt.waiter {
+				store = struct{ idempotency.Store }{counter}
+			}
+			e := idempotency.NewEngine(store, idempotency.WithWait(5*time.Second))
 			x, _, err := e.Begin(t.Context(), req("w", "a"))
 			require.NoError(t, err)
-			const n = 12
 			results := make(chan *idempotency.Record, n)
 			errs := make(chan error, n)
 			for range n {
@@ -179,7 +203,11 @@ func TestEngineWaitGetsTheFirstAnswer(t *testing.T) {
 					errs <- err
 				}()
 			}
-			time.Sleep(50 * time.Millisecond) // let the duplicates find the key in flight
+			require.Eventually(t, func() bool { return counter.claims.Load() >= 1+n }, 5*time.Second, time.Millisecond,
+				"every duplicate found the key in flight")
+			// The first request runs on for a while, long enough for a
+			// polling engine to look several times.
+			time.Sleep(300 * time.Millisecond)
 			require.NoError(t, x.Complete(jsonRecord(`{"first":true}`)))
 			for range n {
 				require.NoError(t, <-errs)
@@ -187,6 +215,8 @@ func TestEngineWaitGetsTheFirstAnswer(t *testing.T) {
 				require.NotNil(t, rec)
 				assert.Equal(t, `{"first":true}`, string(rec.Body))
 			}
+			claims := counter.claims.Load()
+			assert.True(t, tt.wantClaims(claims), "%d claims for 1 request and %d duplicates", claims, n)
 		})
 	}
 }

@@ -64,16 +64,9 @@ import (
 //		msg = w.Unwrap() // for example a *paymentsv1.ChargeResponse
 //	}
 type Interceptor struct {
-	engine       *Engine
-	procedures   func(connect.Spec) bool
-	requireKey   bool
-	enforceUUID4 bool
-	fingerprint  bool
-	maxResponse  int64
-	keyHeader    string
-	replayHeader string
-	retryAfter   string
-	logger       *slog.Logger
+	engine     *Engine
+	cfg        *config // the engine's
+	retryAfter string  // the in-flight hint, rendered once
 }
 
 var _ connect.Interceptor = (*Interceptor)(nil)
@@ -85,26 +78,14 @@ func NewInterceptor(store Store, opts ...Option) *Interceptor {
 		panic("idempotency: NewInterceptor: store must not be nil")
 	}
 	e := NewEngine(store, opts...)
-	s := e.Settings()
-	return &Interceptor{
-		engine:       e,
-		procedures:   s.Procedures,
-		requireKey:   s.RequireKey,
-		enforceUUID4: s.EnforceUUID4,
-		fingerprint:  s.Fingerprint,
-		maxResponse:  s.MaxResponseSize,
-		keyHeader:    s.IdempotencyHeader,
-		replayHeader: s.ReplayHeader,
-		retryAfter:   s.RetryAfterSeconds(),
-		logger:       s.Logger,
-	}
+	return &Interceptor{engine: e, cfg: e.cfg, retryAfter: e.Settings().RetryAfterSeconds()}
 }
 
 // WrapUnary guards the handler side of unary calls.
 func (i *Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		spec := req.Spec()
-		if spec.IsClient || !i.guards(spec) {
+		if spec.IsClient || !guards(i.cfg, spec) {
 			return next(ctx, req)
 		}
 		return i.serve(ctx, req, next)
@@ -121,9 +102,15 @@ func (i *Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 	return next
 }
 
-func (i *Interceptor) guards(spec connect.Spec) bool {
-	if i.procedures != nil {
-		return i.procedures(spec)
+// guards reports whether a procedure is guarded, by the interceptor and by
+// the client interceptor: by default, unary procedures that are not already
+// safe to retry.
+func guards(cfg *config, spec connect.Spec) bool {
+	if spec.StreamType != connect.StreamTypeUnary {
+		return false
+	}
+	if cfg.procedures != nil {
+		return cfg.procedures(spec)
 	}
 	return spec.IdempotencyLevel != connect.IdempotencyNoSideEffects &&
 		spec.IdempotencyLevel != connect.IdempotencyIdempotent
@@ -135,7 +122,7 @@ func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next co
 		return nil, i.libraryError(err)
 	}
 	if key == "" {
-		if i.requireKey {
+		if i.cfg.requireKey {
 			return nil, i.libraryError(ErrKeyRequired)
 		}
 		return next(ctx, req)
@@ -145,7 +132,7 @@ func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next co
 		// Without a protobuf message there is neither a deterministic
 		// fingerprint nor a way to store the response; refusing the call
 		// would break a working service, so it runs unguarded.
-		i.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: request is not a protobuf message; running it unguarded",
+		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: request is not a protobuf message; running it unguarded",
 			slog.String("procedure", req.Spec().Procedure))
 		return next(ctx, req)
 	}
@@ -155,7 +142,7 @@ func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next co
 		Route: procedure,
 		Key:   key,
 	}
-	if i.fingerprint {
+	if i.cfg.fingerprint {
 		if r.Fingerprint, err = fingerprintMessage(procedure, msg); err != nil {
 			return nil, connect.NewError(connect.CodeInvalidArgument, err)
 		}
@@ -247,12 +234,12 @@ func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res co
 	}
 	body, mErr := protojson.Marshal(msg)
 	if mErr != nil {
-		i.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response cannot be encoded; it was not stored",
+		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response cannot be encoded; it was not stored",
 			slog.String("procedure", req.Spec().Procedure), slog.Any("error", mErr))
 		return nil, false
 	}
-	if int64(len(body)) > i.maxResponse {
-		i.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response is over the size limit; it was not stored",
+	if int64(len(body)) > i.cfg.maxResponse {
+		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response is over the size limit; it was not stored",
 			slog.String("procedure", req.Spec().Procedure), slog.Int("size", len(body)))
 		return nil, false
 	}
@@ -322,7 +309,7 @@ func (i *Interceptor) visible(dst, from http.Header) http.Header {
 
 func (i *Interceptor) storable(name string) bool {
 	name = textproto.CanonicalMIMEHeaderKey(name)
-	if NeverStored(name) || name == i.replayHeader {
+	if NeverStored(name) || name == i.cfg.replayHeader {
 		return false
 	}
 	switch name {
@@ -373,12 +360,12 @@ func (i *Interceptor) libraryError(err error) *connect.Error {
 	var msg string
 	switch {
 	case errors.Is(err, ErrKeyRequired):
-		msg = "this procedure requires an " + i.keyHeader + " header: send a unique key, such as a random UUID, and reuse it only to retry the same request"
+		msg = "this procedure requires an " + i.cfg.keyHeader + " header: send a unique key, such as a random UUID, and reuse it only to retry the same request"
 	case errors.Is(err, ErrInvalidKey):
 		reason := strings.TrimPrefix(err.Error(), ErrInvalidKey.Error()+": ")
-		msg = "invalid " + i.keyHeader + " header: " + reason + "; send one value of 1 to 255 bytes without control characters"
-		if i.enforceUUID4 {
-			msg = "invalid " + i.keyHeader + " header: " + reason + "; send a random v4 UUID"
+		msg = "invalid " + i.cfg.keyHeader + " header: " + reason + "; send one value of 1 to 255 bytes without control characters"
+		if i.cfg.enforceUUID4 {
+			msg = "invalid " + i.cfg.keyHeader + " header: " + reason + "; send a random v4 UUID"
 		}
 	case errors.Is(err, ErrInFlight):
 		msg = "a request with this idempotency key is still in progress: retry after " + i.retryAfter + " s with the same key to get its result"

@@ -49,7 +49,7 @@ func (i *Interceptor) replay(ctx context.Context, spec connect.Spec, req *Reques
 	} else if res, err = i.replayedResponse(spec, rec); err == nil {
 		return res, nil
 	}
-	i.logger.LogAttrs(ctx, slog.LevelError, "idempotency: stored response cannot be replayed",
+	i.cfg.logger.LogAttrs(ctx, slog.LevelError, "idempotency: stored response cannot be replayed",
 		slog.String("key_hash", keyHash(storageKey(req.Scope, req.Route, req.Key))),
 		slog.String("procedure", spec.Procedure), slog.Any("error", err))
 	return nil, i.libraryError(fmt.Errorf("%w: %w", ErrStoreUnavailable, err))
@@ -78,7 +78,7 @@ func (i *Interceptor) replayedResponse(spec connect.Spec, rec *Record) (connect.
 		// Trailer makes a map on first use: most responses have none.
 		copyHeader(res.Trailer(), rec.Trailer)
 	}
-	res.Header()[i.replayHeader] = replayValue
+	res.Header()[i.cfg.replayHeader] = replayValue
 	return res, nil
 }
 
@@ -139,7 +139,7 @@ func (i *Interceptor) replayedError(ctx context.Context, rec *Record) (*connect.
 	} else {
 		copyHeader(ce.Meta(), rec.Trailer)
 	}
-	ce.Meta().Set(i.replayHeader, "true")
+	ce.Meta().Set(i.cfg.replayHeader, "true")
 	return ce, nil
 }
 

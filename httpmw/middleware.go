@@ -36,6 +36,7 @@ type middleware struct {
 	replayHeader string
 	replayValue  []string
 	requireKey   bool
+	enforceUUID4 bool
 	fingerprint  bool
 	maxBody      int64
 	maxResponse  int64
@@ -52,9 +53,10 @@ func newMiddleware(e *idempotency.Engine) *middleware {
 		replayHeader: s.ReplayHeader,
 		// The capacity of one makes an Add to this header copy the slice
 		// rather than write into the one that every replay shares.
-		replayValue: []string{"true"}[:1:1],
-		requireKey:  s.RequireKey,
-		fingerprint: s.Fingerprint,
+		replayValue:  []string{"true"}[:1:1],
+		requireKey:   s.RequireKey,
+		enforceUUID4: s.EnforceUUID4,
+		fingerprint:  s.Fingerprint,
 		// One byte beyond the limit is read to tell an oversized body
 		// apart, and a buffer's length is an int.
 		maxBody:     min(s.MaxBodySize, int64(math.MaxInt-1)),
@@ -87,7 +89,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.withoutKey(w, r)
 		return
 	}
-	key, err := m.e.Key(r.Header)
+	key, err := idempotency.ParseKey(values, m.enforceUUID4)
 	if err != nil {
 		m.problems.write(w, err)
 		return
