@@ -3,6 +3,7 @@ package idempotency
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,8 @@ type Engine struct {
 	waiter  Waiter
 	cfg     *config
 	decoded decodedCache
+	// renewals renews the leases of the executions in progress.
+	renewals *renewals
 	// timed is false for a NonBlocking store, whose calls need no timeout.
 	timed bool
 }
@@ -35,6 +38,7 @@ func NewEngine(store Store, opts ...Option) *Engine {
 		panic("idempotency: NewEngine: store must not be nil")
 	}
 	e := &Engine{store: store, cfg: newConfig(opts)}
+	e.renewals = newRenewals(e.cfg.lease / 3)
 	e.waiter, _ = store.(Waiter)
 	_, nonBlocking := store.(NonBlocking)
 	e.timed = !nonBlocking
@@ -133,7 +137,7 @@ type Request struct {
 // instead of an error.
 func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, error) {
 	key := storageKey(req.Scope, req.Route, req.Key)
-	token := rand.Text()
+	token := newToken()
 	var deadline time.Time
 	if e.cfg.wait > 0 {
 		deadline = time.Now().Add(e.cfg.wait)
@@ -233,6 +237,14 @@ func (e *Engine) wait(ctx context.Context, key string, deadline time.Time, poll 
 	return ctx.Err()
 }
 
+// newToken returns a claim's token: 128 bits from crypto/rand, in 22
+// characters of base64.
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails; it crashes the program instead
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
 // keyHash is what logs show of a storage key: a prefix of the hash, enough
 // to correlate log lines, never the client's key.
 func keyHash(key string) string {
@@ -253,8 +265,12 @@ type Execution struct {
 	fp    Fingerprint
 	ctx   context.Context
 
+	// Its place in the engine's renewal queue, guarded by the queue's lock.
+	prev, next *Execution
+	due        int64
+	queued     bool
+
 	mu       sync.Mutex
-	timer    *time.Timer
 	ended    bool
 	lost     bool
 	renewing sync.WaitGroup
@@ -262,11 +278,7 @@ type Execution struct {
 
 func (e *Engine) newExecution(ctx context.Context, key, token string, fp Fingerprint) *Execution {
 	x := &Execution{e: e, key: key, token: token, fp: fp, ctx: context.WithoutCancel(ctx)}
-	// The timer may fire before this function returns: renew reads it
-	// under the lock.
-	x.mu.Lock()
-	x.timer = time.AfterFunc(e.cfg.lease/3, x.renew)
-	x.mu.Unlock()
+	e.renewals.add(x, e.renewals.now())
 	return x
 }
 
@@ -281,21 +293,25 @@ func (x *Execution) LeaseLost() bool {
 	return x.lost
 }
 
-func (x *Execution) renew() {
+// startRenewal renews the lease in a goroutine of its own, unless the
+// execution ended: the renewal queue must not wait for the store.
+func (x *Execution) startRenewal() {
 	x.mu.Lock()
+	defer x.mu.Unlock()
 	if x.ended || x.lost {
-		x.mu.Unlock()
 		return
 	}
 	x.renewing.Add(1)
-	x.mu.Unlock()
-	defer x.renewing.Done()
+	go x.renew()
+}
 
+func (x *Execution) renew() {
+	defer x.renewing.Done()
+	r := x.e.renewals
 	// A renewal must end before the next is due: one that waits longer
 	// than that on a slow store would let the lease run out meanwhile.
-	interval := x.e.cfg.lease / 3
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(x.ctx, min(x.e.cfg.storeTimeout, interval))
+	start := r.now()
+	ctx, cancel := context.WithTimeout(x.ctx, min(x.e.cfg.storeTimeout, r.interval))
 	err := x.e.store.Renew(ctx, x.key, x.token, x.e.cfg.lease)
 	cancel()
 
@@ -315,7 +331,7 @@ func (x *Execution) renew() {
 	if !x.ended {
 		// Counted from when this renewal was sent, so that slow renewals do
 		// not drift towards the end of the lease.
-		x.timer.Reset(max(interval-time.Since(start), 0))
+		r.add(x, start)
 	}
 }
 
@@ -331,8 +347,8 @@ func (x *Execution) end() bool {
 		return false
 	}
 	x.ended = true
-	x.timer.Stop()
 	x.mu.Unlock()
+	x.e.renewals.remove(x)
 	x.renewing.Wait()
 	return true
 }
