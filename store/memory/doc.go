@@ -1,7 +1,7 @@
 // Package memory is an in-process [idempotency.Store]: the default for a
 // single instance, for tests, and for development.
 //
-// A [Store] keeps claims and completed records in a map held by one
+// A [Store] keeps claims and completed records in the memory of one
 // process, so it protects requests that reach that process only. Several
 // replicas of a service need a shared store, such as the one in
 // store/redisstore.
@@ -26,8 +26,19 @@
 // What it does not do: it keeps nothing across restarts, and it shares
 // nothing between processes.
 //
+// The records cost the garbage collector next to nothing, however many
+// there are. The store spreads keys over 64 shards; each keeps its keys and
+// records side by side in one large byte slice, and finds them through an
+// index and an array of fixed-size slots, none of which holds a pointer. A
+// collection thus marks a few objects per shard, where it would otherwise
+// visit every key and every record on every cycle. Bytes once written there
+// are never modified, which is what lets [Store.Claim] return a record
+// without copying it; the space of deleted entries is reclaimed by copying
+// the live ones into a new slice once it outweighs them. The tokens of the
+// claims in flight, few and short-lived, are kept apart.
+//
 // Expired entries are reclaimed lazily, by the calls that meet them and by
-// a sweep of part of the map that new claims trigger now and then, so the
-// store starts no goroutine. [Store.Close] exists so that the store can be
+// a sweep of one shard that new claims trigger now and then, so the store
+// starts no goroutine. [Store.Close] exists so that the store can be
 // handled like the others; calling it is harmless and optional.
 package memory

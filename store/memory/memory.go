@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
-	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/idemkey/idempotency"
 )
@@ -18,12 +16,16 @@ import (
 // holds [WithMaxRecords] live claims and unexpired records and so cannot take
 // a new claim. It is a store failure: the engine answers it as one (503 /
 // CodeUnavailable, or runs the handler unprotected when it fails open).
+//
+// [Store.Claim] and [Store.Complete] also return it, wrapped, in the
+// unlikely case that the keys and records of one of the store's 64 shards
+// would take more than 4 GiB.
 var ErrFull = errors.New("memory: store is full")
 
 const (
 	defaultMaxRecords = 100_000
 
-	// shardCount spreads keys over this many independently locked maps, so
+	// shardCount spreads keys over this many independently locked shards, so
 	// that concurrent requests seldom wait for each other. A power of two.
 	shardCount = 64
 
@@ -47,79 +49,48 @@ var (
 // it with [New]; the zero value is not usable. It is safe for concurrent
 // use.
 type Store struct {
-	base    time.Time // origin of the store's monotonic clock
-	seed    maphash.Seed
+	base time.Time // origin of the store's monotonic clock
+	seed maphash.Seed
+	// hash, when set, hashes keys instead of maphash, so that tests can
+	// make different keys collide.
+	hash    func(key string) uint64
 	max     int64
 	errFull error
-	count   atomic.Int64  // entries held, expired or not, in all shards
-	cursor  atomic.Uint32 // shard where the next search for room starts
-	shards  [shardCount]shard
-}
-
-type shard struct {
-	shardState
-	// Padding keeps two shards' locks off one cache line, so that cores
-	// working on different shards do not slow each other down.
-	_ [128 - unsafe.Sizeof(shardState{})%128]byte
-}
-
-type shardState struct {
-	mu      sync.Mutex
-	entries map[string]entry
-	// waits holds a channel for each in-flight key that someone waits on;
-	// it is closed when the claim ends. Created on first use: most stores
-	// never see a waiter.
-	waits map[string]chan struct{}
-	// earliest is at most the earliest deadline of the shard's entries:
-	// before it, a sweep would find nothing.
-	earliest int64
-	// swept is when the shard was last swept.
-	swept int64
-}
-
-// entry is a claim or a completed record. It is kept small, and free of
-// fields that only one kind uses, because a store holds many of them.
-type entry struct {
-	// val is the token of a claim, or the bytes of a completed record,
-	// which a string holds in 8 bytes less than a slice.
-	val string
-	// exp is when the lease or the record ends, in nanoseconds of the
-	// store's clock, or never.
-	exp  int64
-	done bool // a completed record, not a claim
-}
-
-// record returns a completed record's bytes without copying them. Callers
-// of [Store.Claim] must not modify a record, so sharing is safe.
-func (e entry) record() []byte {
-	if len(e.val) == 0 {
-		return []byte{}
-	}
-	return unsafe.Slice(unsafe.StringData(e.val), len(e.val))
+	// arenaMax bounds the bytes of each shard's arena, at most maxArena;
+	// tests lower it.
+	arenaMax int
+	count    atomic.Int64  // entries held, expired or not, in all shards
+	cursor   atomic.Uint32 // shard where the next search for room starts
+	shards   [shardCount]shard
 }
 
 // New returns an empty store configured by opts. It starts no goroutine.
 func New(opts ...Option) *Store {
 	s := &Store{
-		base: time.Now(),
-		seed: maphash.MakeSeed(),
-		max:  defaultMaxRecords,
+		base:     time.Now(),
+		seed:     maphash.MakeSeed(),
+		max:      defaultMaxRecords,
+		arenaMax: maxArena,
 	}
 	for _, opt := range opts {
 		opt.apply(s)
 	}
 	s.errFull = fmt.Errorf("%w (%d records)", ErrFull, s.max)
 	for i := range s.shards {
-		s.shards[i].entries = make(map[string]entry)
-		s.shards[i].earliest = never
+		sh := &s.shards[i]
+		sh.index = make(map[uint64]int32)
+		sh.tokens = make(map[int32]string)
+		sh.earliest = never
 	}
 	return s
 }
 
 // Claim claims key for token with the given lease, if the key holds neither
 // a live claim nor an unexpired record; otherwise it reports what the key
-// holds. The record of a [idempotency.StateCompleted] result is the store's
-// own copy, shared with every other caller: it must not be modified.
+// holds. The record of a [idempotency.StateCompleted] result is a slice of
+// the store's own memory, shared with every other caller: it must not be
+// modified. It stays valid and unchanged for as long as the caller keeps it,
+// and keeps that memory alive meanwhile.
 //
 // When the store is full, Claim first drops expired entries and, if that
 // frees nothing, returns an error wrapping [ErrFull]. It returns an error
@@ -128,22 +99,37 @@ func (s *Store) Claim(_ context.Context, key, token string, lease time.Duration)
 	if lease <= 0 {
 		return idempotency.ClaimResult{}, fmt.Errorf("memory: claim with lease %v: the lease must be positive", lease)
 	}
-	sh := s.shard(key)
+	h := s.hashOf(key)
+	sh := s.shard(h)
 	for retried := false; ; retried = true {
 		now := s.now()
 		sh.mu.Lock()
-		if e, ok := s.live(sh, key, now); ok {
+		if i := s.live(sh, h, key, now); i != none {
+			var res idempotency.ClaimResult
+			switch sl := &sh.slots[i]; {
+			case sl.done:
+				res = idempotency.ClaimResult{State: idempotency.StateCompleted, Record: sh.record(sl)}
+			case sh.tokens[i] == token:
+				res = idempotency.ClaimResult{State: idempotency.StateClaimed}
+			default:
+				res = idempotency.ClaimResult{State: idempotency.StateInFlight, LeaseLeft: time.Duration(sl.exp - now)}
+			}
 			sh.mu.Unlock()
-			if !e.done && e.val == token {
-				return idempotency.ClaimResult{State: idempotency.StateClaimed}, nil
-			}
-			if e.done {
-				return idempotency.ClaimResult{State: idempotency.StateCompleted, Record: e.record()}, nil
-			}
-			return idempotency.ClaimResult{State: idempotency.StateInFlight, LeaseLeft: time.Duration(e.exp - now)}, nil
+			return res, nil
 		}
 		if s.count.Add(1) <= s.max {
-			sh.put(key, entry{val: token, exp: deadline(now, lease)})
+			exp := deadline(now, lease)
+			ok := sh.insert(h, key, token, exp, s.arenaMax)
+			if !ok && now >= sh.earliest {
+				// Expired entries may make room in the arena.
+				s.sweep(sh, now)
+				ok = sh.insert(h, key, token, exp, s.arenaMax)
+			}
+			if !ok {
+				s.count.Add(-1)
+				sh.mu.Unlock()
+				return idempotency.ClaimResult{}, s.errArena()
+			}
 			if now >= sh.earliest && now-sh.swept >= sweepEvery {
 				s.sweep(sh, now)
 			}
@@ -162,26 +148,36 @@ func (s *Store) Claim(_ context.Context, key, token string, lease time.Duration)
 // after expiry (zero: never). The store keeps a copy of record, so the
 // caller may reuse its buffer. It returns [idempotency.ErrNotHeld], and
 // changes nothing, when the key is not token's live claim, and an error for
-// a negative expiry.
+// a negative expiry. It returns an error wrapping [ErrFull], and changes
+// nothing, in the unlikely case that the record does not fit in the store
+// (see [ErrFull]).
 func (s *Store) Complete(_ context.Context, key, token string, record []byte, expiry time.Duration) error {
 	if expiry < 0 {
 		return fmt.Errorf("memory: complete with expiry %v: the expiry must not be negative", expiry)
 	}
-	// Copied before locking, to keep the allocation out of the shard's
-	// critical section.
-	val := string(record)
-	sh := s.shard(key)
+	h := s.hashOf(key)
+	sh := s.shard(h)
 	now := s.now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if !s.holds(sh, key, token, now) {
+	i := s.holds(sh, h, key, token, now)
+	if i == none {
 		return idempotency.ErrNotHeld
 	}
 	exp := int64(never)
 	if expiry > 0 {
 		exp = deadline(now, expiry)
 	}
-	sh.put(key, entry{val: val, exp: exp, done: true})
+	ok := sh.complete(i, record, exp, s.arenaMax)
+	if !ok && now >= sh.earliest {
+		// Expired entries may make room in the arena; the claim is live,
+		// so it stays in slot i.
+		s.sweep(sh, now)
+		ok = sh.complete(i, record, exp, s.arenaMax)
+	}
+	if !ok {
+		return s.errArena()
+	}
 	sh.wake(key)
 	return nil
 }
@@ -190,16 +186,16 @@ func (s *Store) Complete(_ context.Context, key, token string, record []byte, ex
 // [idempotency.ErrNotHeld], and changes nothing, when the key is not token's
 // live claim.
 func (s *Store) Release(_ context.Context, key, token string) error {
-	sh := s.shard(key)
+	h := s.hashOf(key)
+	sh := s.shard(h)
 	now := s.now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if !s.holds(sh, key, token, now) {
+	i := s.holds(sh, h, key, token, now)
+	if i == none {
 		return idempotency.ErrNotHeld
 	}
-	delete(sh.entries, key)
-	s.count.Add(-1)
-	sh.wake(key)
+	s.remove(sh, h, i, sh.prevOf(h, i), key)
 	return nil
 }
 
@@ -210,14 +206,18 @@ func (s *Store) Renew(_ context.Context, key, token string, lease time.Duration)
 	if lease <= 0 {
 		return fmt.Errorf("memory: renew with lease %v: the lease must be positive", lease)
 	}
-	sh := s.shard(key)
+	h := s.hashOf(key)
+	sh := s.shard(h)
 	now := s.now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if !s.holds(sh, key, token, now) {
+	i := s.holds(sh, h, key, token, now)
+	if i == none {
 		return idempotency.ErrNotHeld
 	}
-	sh.put(key, entry{val: token, exp: deadline(now, lease)})
+	exp := deadline(now, lease)
+	sh.slots[i].exp = exp
+	sh.earliest = min(sh.earliest, exp)
 	return nil
 }
 
@@ -226,14 +226,16 @@ func (s *Store) Renew(_ context.Context, key, token string, lease time.Duration)
 // which case it returns ctx's error. It returns nil at once when the key
 // holds no live claim. It does not poll: completing and releasing wake it.
 func (s *Store) Wait(ctx context.Context, key string) error {
-	sh := s.shard(key)
+	h := s.hashOf(key)
+	sh := s.shard(h)
 	now := s.now()
 	sh.mu.Lock()
-	e, ok := s.live(sh, key, now)
-	if !ok || e.done {
+	i := s.live(sh, h, key, now)
+	if i == none || sh.slots[i].done {
 		sh.mu.Unlock()
 		return nil
 	}
+	exp := sh.slots[i].exp
 	ch, ok := sh.waits[key]
 	if !ok {
 		if sh.waits == nil {
@@ -247,7 +249,7 @@ func (s *Store) Wait(ctx context.Context, key string) error {
 	// A lease that runs out wakes nobody, so the timer stands in for that
 	// event. A renewal moves the deadline later; waking at the old one is
 	// an early return, which the caller handles by claiming again.
-	timer := time.NewTimer(time.Duration(e.exp - now))
+	timer := time.NewTimer(time.Duration(exp - now))
 	defer timer.Stop()
 	select {
 	case <-ch:
@@ -267,8 +269,30 @@ func (s *Store) Close() error {
 	return nil
 }
 
-func (s *Store) shard(key string) *shard {
-	return &s.shards[maphash.String(s.seed, key)%shardCount]
+// hashOf returns the hash of key, which picks its shard and its chain.
+func (s *Store) hashOf(key string) uint64 {
+	if s.hash != nil {
+		return s.hash(key)
+	}
+	return maphash.String(s.seed, key)
+}
+
+// hashBytes returns the hash of a key held as bytes, the same as hashOf's.
+func (s *Store) hashBytes(key []byte) uint64 {
+	if s.hash != nil {
+		return s.hash(string(key))
+	}
+	return maphash.Bytes(s.seed, key)
+}
+
+func (s *Store) shard(h uint64) *shard {
+	return &s.shards[h%shardCount]
+}
+
+// errArena is the error of a key or record that its shard's arena cannot
+// take.
+func (s *Store) errArena() error {
+	return fmt.Errorf("%w (the keys and records of one shard would exceed %d bytes)", ErrFull, s.arenaMax)
 }
 
 // now reads the store's clock: nanoseconds since New, from the monotonic
@@ -285,28 +309,38 @@ func deadline(now int64, d time.Duration) int64 {
 	return now + int64(d)
 }
 
-// live returns key's entry if its lease or expiry has not passed. An
-// expired entry is deleted on the way, as no one can see it anymore. The
-// shard must be locked.
-func (s *Store) live(sh *shard, key string, now int64) (entry, bool) {
-	e, ok := sh.entries[key]
-	if !ok {
-		return entry{}, false
+// live returns the slot of key, whose hash is h, if its lease or expiry
+// has not passed, or none. An expired slot is dropped on the way, as no one
+// can see it anymore. The shard must be locked.
+func (s *Store) live(sh *shard, h uint64, key string, now int64) int32 {
+	i, prev := sh.find(h, key)
+	if i == none {
+		return none
 	}
-	if now >= e.exp {
-		delete(sh.entries, key)
-		s.count.Add(-1)
-		sh.wake(key)
-		return entry{}, false
+	if now >= sh.slots[i].exp {
+		s.remove(sh, h, i, prev, key)
+		return none
 	}
-	return e, true
+	return i
 }
 
-// holds reports whether key is token's live claim. The shard must be
-// locked.
-func (s *Store) holds(sh *shard, key, token string, now int64) bool {
-	e, ok := s.live(sh, key, now)
-	return ok && !e.done && e.val == token
+// holds returns the slot of key if it is token's live claim, or none. The
+// shard must be locked.
+func (s *Store) holds(sh *shard, h uint64, key, token string, now int64) int32 {
+	i := s.live(sh, h, key, now)
+	if i == none || sh.slots[i].done || sh.tokens[i] != token {
+		return none
+	}
+	return i
+}
+
+// remove deletes slot i, which holds key, whose hash is h, and follows
+// prev in its chain. The shard must be locked.
+func (s *Store) remove(sh *shard, h uint64, i, prev int32, key string) {
+	sh.drop(h, i, prev)
+	s.count.Add(-1)
+	sh.wake(key)
+	sh.compact(s.arenaMax)
 }
 
 // makeRoom drops expired entries from the shards, one after another, until
@@ -329,41 +363,34 @@ func (s *Store) makeRoom(now int64) bool {
 }
 
 // sweep deletes the shard's expired entries and returns how many it
-// deleted. The shard must be locked.
+// deleted. It walks the slots, which hold no pointer and lie side by side,
+// rather than the index. The shard must be locked.
 func (s *Store) sweep(sh *shard, now int64) int {
 	earliest := int64(never)
 	freed := 0
-	for key, e := range sh.entries {
-		if now >= e.exp {
-			delete(sh.entries, key)
-			sh.wake(key)
-			freed++
+	for i := range sh.slots {
+		sl := &sh.slots[i]
+		if sl.exp == 0 {
 			continue
 		}
-		earliest = min(earliest, e.exp)
+		if now < sl.exp {
+			earliest = min(earliest, sl.exp)
+			continue
+		}
+		key := sh.key(sl)
+		h := s.hashBytes(key)
+		if !sl.done && len(sh.waits) > 0 {
+			sh.wake(string(key))
+		}
+		sh.drop(h, int32(i), sh.prevOf(h, int32(i)))
+		freed++
 	}
 	sh.earliest = earliest
 	sh.swept = now
 	s.count.Add(-int64(freed))
+	// Compacted once, after the loop: a sweep may free many entries.
+	sh.compact(s.arenaMax)
 	return freed
-}
-
-// put sets key's entry. The shard must be locked.
-func (sh *shard) put(key string, e entry) {
-	sh.entries[key] = e
-	sh.earliest = min(sh.earliest, e.exp)
-}
-
-// wake wakes whoever waits on key's claim, which has ended. The shard must
-// be locked.
-func (sh *shard) wake(key string) {
-	if len(sh.waits) == 0 {
-		return
-	}
-	if ch, ok := sh.waits[key]; ok {
-		close(ch)
-		delete(sh.waits, key)
-	}
 }
 
 // NonBlocking marks the store as one whose calls never wait on anything but
