@@ -2,7 +2,6 @@ package httpmw
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -247,7 +246,7 @@ func storable(h http.Header, body []byte) bool {
 	}
 	// An encoded body cannot be checked without decoding it; it is stored
 	// as written.
-	return encoded(h) || json.Valid(body)
+	return encoded(h) || validJSON(body)
 }
 
 // isJSONType reports whether a Content-Type value is application/json or a
