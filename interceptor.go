@@ -194,7 +194,10 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 		_ = exec.Release()
 		return res, err
 	}
-	rec, ok := i.record(ctx, req, res, err)
+	// The record's body is encoded into buf, which Complete does not keep.
+	buf := getBuffer()
+	defer putBuffer(buf)
+	rec, ok := i.record(ctx, req, res, err, buf)
 	if !ok {
 		_ = exec.Release()
 		return res, err
@@ -219,8 +222,10 @@ func contextEnded(ctx context.Context, err error) bool {
 }
 
 // record builds the record of a handler's outcome, as its client sees it.
-// It reports false when the outcome must not be stored.
-func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res connect.AnyResponse, err error) (*Record, bool) {
+// It reports false when the outcome must not be stored. A response's body
+// is encoded into buf, so the record must not outlive buf's return to the
+// pool.
+func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res connect.AnyResponse, err error, buf *[]byte) (*Record, bool) {
 	info, _ := connect.CallInfoForHandlerContext(ctx)
 	if err != nil {
 		return i.errorRecord(info, err), true
@@ -232,12 +237,17 @@ func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res co
 	if !ok {
 		return nil, false
 	}
-	body, mErr := protojson.Marshal(msg)
+	body, encoded := appendMessageJSON((*buf)[:0], msg.ProtoReflect())
+	var mErr error
+	if !encoded {
+		body, mErr = protojson.MarshalOptions{}.MarshalAppend((*buf)[:0], msg)
+	}
 	if mErr != nil {
 		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response cannot be encoded; it was not stored",
 			slog.String("procedure", req.Spec().Procedure), slog.Any("error", mErr))
 		return nil, false
 	}
+	*buf = body // so that the pool keeps what the encoding grew
 	if int64(len(body)) > i.cfg.maxResponse {
 		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response is over the size limit; it was not stored",
 			slog.String("procedure", req.Spec().Procedure), slog.Int("size", len(body)))
