@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -150,8 +151,9 @@ func (s *Store) Claim(ctx context.Context, key, token string, lease time.Duratio
 			return idempotency.ClaimResult{State: idempotency.StateCompleted, Record: record}, nil
 		}
 	}
+	claim, marked := claimValues(token)
 	reply, err := claimScript.Run(ctx, s.client, []string{s.prefix + key},
-		string(tagClaim)+token, millis(lease)).Result()
+		claim, millis(lease), marked).Result()
 	if err != nil {
 		return idempotency.ClaimResult{}, fmt.Errorf("redisstore: claim: %w", err)
 	}
@@ -239,8 +241,9 @@ func (s *Store) Complete(ctx context.Context, key, token string, record []byte, 
 	if s.cache != nil {
 		sent = s.cache.now()
 	}
+	claim, marked := claimValues(token)
 	reply, err := completeScript.Run(ctx, s.client, []string{s.prefix + key},
-		token, value, ms, s.channel).Result()
+		claim, marked, value, ms, s.channel).Result()
 	if err := decodeDone("complete", reply, err); err != nil {
 		return err
 	}
@@ -260,8 +263,9 @@ func (s *Store) Complete(ctx context.Context, key, token string, record []byte, 
 // deletes a completed record. If a waiter marked the claim, the same script
 // publishes its wake-up.
 func (s *Store) Release(ctx context.Context, key, token string) error {
+	claim, marked := claimValues(token)
 	reply, err := releaseScript.Run(ctx, s.client, []string{s.prefix + key},
-		token, s.channel).Result()
+		claim, marked, s.channel).Result()
 	return decodeDone("release", reply, err)
 }
 
@@ -271,9 +275,24 @@ func (s *Store) Renew(ctx context.Context, key, token string, lease time.Duratio
 	if lease <= 0 {
 		return fmt.Errorf("redisstore: renew: lease must be positive, got %v", lease)
 	}
+	claim, marked := claimValues(token)
 	reply, err := renewScript.Run(ctx, s.client, []string{s.prefix + key},
-		token, millis(lease)).Result()
+		claim, marked, millis(lease)).Result()
 	return decodeDone("renew", reply, err)
+}
+
+// claimValues returns the two values that token's live claim can have:
+// unmarked and marked by a waiter. The scripts compare whole values, which
+// costs Lua less than taking them apart. Both share one allocation.
+func claimValues(token string) (claim, marked string) {
+	var b strings.Builder
+	b.Grow(2 * (1 + len(token)))
+	b.WriteByte(tagClaim)
+	b.WriteString(token)
+	b.WriteByte(tagMarked)
+	b.WriteString(token)
+	s := b.String()
+	return s[:1+len(token)], s[1+len(token):]
 }
 
 // decodeDone reads the answer of the complete, release and renew scripts:
