@@ -16,8 +16,15 @@ BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 BUF := go run github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint
 BENCHSTAT := $(TOOLS_BIN)/benchstat
+# make bench and make bench-redis run BENCH_ROUNDS rounds; in each, every
+# sub-benchmark runs once for BENCH_TIME (the in-process families on the
+# memory store), BENCH_REDIS_TIME (the in-process families on Redis, whose
+# paths differ in cost too much for one count to suit them all) or
+# BENCH_LOOPBACK_TIME (the 64 clients over loopback HTTP).
 BENCH_ROUNDS ?= 10
 BENCH_TIME ?= 20000x
+BENCH_REDIS_TIME ?= 0.5s
+BENCH_LOOPBACK_TIME ?= 2s
 
 # One stamp file per tool version, so that bumping a version reinstalls it.
 GOLANGCI_LINT_STAMP := $(TOOLS_DIR)/stamps/golangci-lint@$(GOLANGCI_LINT_VERSION)
@@ -53,30 +60,48 @@ checkgenerate: generate ## Fail if the generated code is not up to date.
 		echo "internal/gen has uncommitted or untracked files:"; echo "$$status"; exit 1; \
 	fi
 
+# BENCH_RUN defines the shell function bench_run OUT BINARY ARGS...: it runs
+# a test binary's benchmarks and appends their result lines to OUT. It fails,
+# showing the binary's output, when the binary fails or prints no result, as
+# when a benchmark skips for want of Redis.
+BENCH_RUN = bench_run() { \
+	local out="$$1" log; shift; \
+	if ! log="$$("$$@" -test.run '^$$' 2>&1)"; then printf '%s\n' "$$log" >&2; return 1; fi; \
+	if ! grep '^Benchmark' <<<"$$log" >>"$$out"; then \
+		printf '%s\n' "$$log" >&2; echo "$$*: no benchmark results" >&2; return 1; \
+	fi; \
+}
+
 .PHONY: bench
-bench: $(BENCHSTAT_STAMP) ## Interleaved rounds of the in-process benchmarks: benchstat table and median ratios to the bare handler.
+bench: $(BENCHSTAT_STAMP) ## Memory store, in process (middleware, interceptor; serial, parallel), interleaved rounds: benchstat, ratios to bare.
 	@mkdir -p $(TOOLS_DIR)
 	go test -c -o $(TOOLS_DIR)/httpmw.test ./httpmw
 	go test -c -o $(TOOLS_DIR)/root.test .
 	@rm -f bench.txt
-	@for round in $$(seq 1 $(BENCH_ROUNDS)); do \
-		$(TOOLS_DIR)/httpmw.test -test.run '^$$' -test.bench 'BenchmarkMiddleware' -test.benchmem -test.benchtime $(BENCH_TIME) | grep '^Benchmark' >> bench.txt; \
-		$(TOOLS_DIR)/root.test -test.run '^$$' -test.bench 'BenchmarkInterceptor' -test.benchmem -test.benchtime $(BENCH_TIME) | grep '^Benchmark' >> bench.txt; \
+	@$(BENCH_RUN); \
+	for round in $$(seq 1 $(BENCH_ROUNDS)); do \
+		echo "round $$round of $(BENCH_ROUNDS)" >&2; \
+		bench_run bench.txt $(TOOLS_DIR)/httpmw.test -test.bench '^BenchmarkMiddleware(Parallel)?$$' -test.benchmem -test.benchtime $(BENCH_TIME); \
+		bench_run bench.txt $(TOOLS_DIR)/root.test -test.bench '^BenchmarkInterceptor(Parallel)?$$' -test.benchmem -test.benchtime $(BENCH_TIME); \
 	done
 	$(BENCHSTAT) bench.txt
 	go run ./internal/benchratio bench.txt
 
 .PHONY: bench-redis
-bench-redis: $(BENCHSTAT_STAMP) ## 64 concurrent clients over loopback HTTP against Redis, interleaved rounds (see internal/loadtest).
+bench-redis: $(BENCHSTAT_STAMP) ## Redis, in process (as bench) and 64 clients over loopback HTTP, interleaved rounds: benchstat, ratios to bare and to the baseline.
 	@mkdir -p $(TOOLS_DIR)
 	go test -c -o $(TOOLS_DIR)/loadtest.test ./internal/loadtest
 	@rm -f bench-redis.txt
-	@for round in $$(seq 1 $(BENCH_ROUNDS)); do \
+	@$(BENCH_RUN); \
+	for round in $$(seq 1 $(BENCH_ROUNDS)); do \
+		echo "round $$round of $(BENCH_ROUNDS)" >&2; \
+		bench_run bench-redis.txt $(TOOLS_DIR)/loadtest.test -test.bench '^Benchmark(Middleware|Interceptor)Redis(Parallel)?$$' -test.benchmem -test.benchtime $(BENCH_REDIS_TIME); \
 		for bench in Baseline First Bare NoKey Replay ReplayLocalCache; do \
-			$(TOOLS_DIR)/loadtest.test -test.run '^$$' -test.bench "Loopback/$$bench\$$" -test.benchtime 2s | grep '^Benchmark' >> bench-redis.txt; \
+			bench_run bench-redis.txt $(TOOLS_DIR)/loadtest.test -test.bench "^BenchmarkLoopback\$$/^$$bench\$$" -test.benchtime $(BENCH_LOOPBACK_TIME); \
 		done; \
 	done
-	$(BENCHSTAT) -col .name bench-redis.txt || $(BENCHSTAT) bench-redis.txt
+	$(BENCHSTAT) bench-redis.txt
+	go run ./internal/benchratio bench-redis.txt
 
 .PHONY: tools
 tools: $(GOLANGCI_LINT_STAMP) $(BENCHSTAT_STAMP) ## Install the pinned tools into .tools/bin.

@@ -1,12 +1,9 @@
 package loadtest_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -20,7 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemkey/idempotency"
-	"github.com/idemkey/idempotency/httpmw"
+	"github.com/idemkey/idempotency/internal/loadtest"
 	"github.com/idemkey/idempotency/internal/redistest"
 	"github.com/idemkey/idempotency/store/redisstore"
 )
@@ -32,27 +29,10 @@ const (
 	clients = 64
 	// hotKeys is how many keys the replay benchmarks cycle through.
 	hotKeys = 16
-	// expiry is the records' expiry, on both the guarded and the baseline
-	// path, short so that Redis lets go of them soon after a run.
-	expiry = time.Minute
-	// poolSize is the go-redis pool of both paths: a connection for every
-	// client, so that neither waits for the pool.
+	// poolSize is the go-redis pool of the guarded and the baseline paths:
+	// a connection for every client, so that neither waits for the pool.
 	poolSize = clients
 )
-
-var (
-	requestBody  = []byte(`{"amount":10}`)
-	responseBody = []byte(`{"id":42}`)
-)
-
-// handler is the work every benchmark's requests do: read the body, answer
-// 201 with a small JSON body.
-func handler(w http.ResponseWriter, r *http.Request) {
-	_, _ = io.Copy(io.Discard, r.Body)
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusCreated)
-	_, _ = w.Write(responseBody)
-}
 
 // keys hands out request keys: fresh ones, or the hot ones in turn.
 type keys struct {
@@ -77,64 +57,26 @@ func (k *keys) nextHot() string {
 	return k.hot[k.n.Add(1)%hotKeys]
 }
 
-// newRedis returns a client of the benchmarks' Redis with the options both
-// paths share, and a key prefix of this benchmark's own.
-func newRedis(b *testing.B) (*redis.Client, string) {
-	b.Helper()
-	c := redistest.NewClient(b, &redis.Options{Addr: redistest.Addr(b), PoolSize: poolSize})
-	return c, redistest.Prefix(b, c)
-}
-
-// guarded returns the middleware over a redisstore on c, around handler.
-func guarded(b *testing.B, c *redis.Client, prefix string, storeOpts []redisstore.Option, opts ...idempotency.Option) http.Handler {
-	b.Helper()
-	s := redisstore.New(c, append([]redisstore.Option{redisstore.WithPrefix(prefix)}, storeOpts...)...)
-	b.Cleanup(func() { _ = s.Close() })
-	// A long store timeout lets an overloaded machine slow a run down
-	// rather than fail it with 503s: the baseline has no timeout either.
-	opts = append([]idempotency.Option{idempotency.WithExpiry(expiry), idempotency.WithStoreTimeout(time.Minute)}, opts...)
-	return httpmw.New(s, opts...)(http.HandlerFunc(handler))
-}
-
 // loadClient is an HTTP client that keeps a connection for every client.
 type loadClient struct {
+	w      *loadtest.Workload
 	url    string
 	client *http.Client
 }
 
-func serve(b *testing.B, h http.Handler) *loadClient {
+// serve starts a server of h, which answers w's requests.
+func serve(b *testing.B, w *loadtest.Workload, h http.Handler) *loadClient {
 	b.Helper()
 	srv := httptest.NewServer(h)
 	b.Cleanup(srv.Close)
 	tr := &http.Transport{MaxIdleConns: 2 * clients, MaxIdleConnsPerHost: 2 * clients, IdleConnTimeout: time.Minute}
 	b.Cleanup(tr.CloseIdleConnections)
-	return &loadClient{url: srv.URL + "/payments", client: &http.Client{Transport: tr}}
+	return &loadClient{w: w, url: srv.URL, client: &http.Client{Transport: tr}}
 }
 
 // post sends one request with key and checks the answer.
 func (lc *loadClient) post(key string, wantReplay bool) error {
-	req, err := http.NewRequest(http.MethodPost, lc.url, bytes.NewReader(requestBody))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", key)
-	resp, err := lc.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusCreated || !bytes.Equal(body, responseBody) {
-		return fmt.Errorf("loadtest: answer %d %q", resp.StatusCode, body)
-	}
-	if replayed := resp.Header.Get("Idempotent-Replayed") == "true"; replayed != wantReplay {
-		return fmt.Errorf("loadtest: replayed is %v, want %v", replayed, wantReplay)
-	}
-	return nil
+	return lc.w.Post(context.Background(), lc.client, lc.url, key, wantReplay)
 }
 
 // warmUp sends a round of concurrent requests, so that the connections are
@@ -210,87 +152,42 @@ func redisCPU(c *redis.Client) (time.Duration, bool) {
 	return total, found == 2
 }
 
-// recordShape runs one first execution through the middleware and returns
-// the length of the Redis key and of the value it stored, which the
-// baseline's round trips then carry.
-func recordShape(b *testing.B, c *redis.Client) (keyLen, valueLen int) {
-	b.Helper()
-	prefix := redistest.Prefix(b, c)
-	lc := serve(b, guarded(b, c, prefix, nil))
-	if err := lc.post("shape", false); err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	found, err := c.Keys(ctx, prefix+"*").Result()
-	if err != nil || len(found) != 1 {
-		b.Fatalf("loadtest: the record's key: %v %v", found, err)
-	}
-	n, err := c.StrLen(ctx, found[0]).Result()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return len(found[0]), int(n)
-}
-
-// baseline is the handler plus two plain round trips with the middleware's
-// sizes: a GET of the key, as a claim finds it free, and a SET of a
-// record-sized value with the expiry, as a completion stores it.
-func baseline(c *redis.Client, prefix string, keyLen, valueLen int) http.Handler {
-	value := bytes.Repeat([]byte{'d'}, valueLen)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key := prefix + r.Header.Get("Idempotency-Key")
-		if pad := keyLen - len(key); pad > 0 {
-			key += strings.Repeat("x", pad)
-		}
-		ctx := r.Context()
-		if err := c.Get(ctx, key).Err(); !errors.Is(err, redis.Nil) {
-			http.Error(w, fmt.Sprint("GET: ", err), http.StatusInternalServerError)
-			return
-		}
-		if err := c.Set(ctx, key, value, expiry).Err(); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		handler(w, r)
-	})
-}
-
 // BenchmarkLoopback: see the package documentation.
 func BenchmarkLoopback(b *testing.B) {
+	mw := loadtest.Middleware()
 	b.Run("Bare", func(b *testing.B) {
 		k := newKeys()
-		serve(b, http.HandlerFunc(handler)).run(b, nil, k.fresh, false)
+		serve(b, mw, mw.Bare()).run(b, nil, k.fresh, false)
 	})
 	b.Run("Baseline", func(b *testing.B) {
-		c, prefix := newRedis(b)
-		keyLen, valueLen := recordShape(b, c)
+		r := loadtest.NewRedis(b, poolSize)
 		k := newKeys()
-		serve(b, baseline(c, prefix, keyLen, valueLen)).run(b, c, k.fresh, false)
+		serve(b, mw, mw.Around(r.Baseline(b, mw))).run(b, r.Client, k.fresh, false)
 	})
 	b.Run("First", func(b *testing.B) {
-		c, prefix := newRedis(b)
+		r := loadtest.NewRedis(b, poolSize)
 		k := newKeys()
-		serve(b, guarded(b, c, prefix, nil)).run(b, c, k.fresh, false)
+		serve(b, mw, mw.Guard(r.Store(b), r.Options()...)).run(b, r.Client, k.fresh, false)
 	})
 	replay := func(b *testing.B, storeOpts ...redisstore.Option) {
-		c, prefix := newRedis(b)
+		r := loadtest.NewRedis(b, poolSize)
 		k := newKeys()
-		lc := serve(b, guarded(b, c, prefix, storeOpts))
+		lc := serve(b, mw, mw.Guard(r.Store(b, storeOpts...), r.Options()...))
 		for _, key := range k.hot {
 			if err := lc.post(key, false); err != nil {
 				b.Fatal(err)
 			}
 		}
-		lc.run(b, c, k.nextHot, true)
+		lc.run(b, r.Client, k.nextHot, true)
 	}
 	b.Run("Replay", func(b *testing.B) { replay(b) })
 	b.Run("ReplayLocalCache", func(b *testing.B) { replay(b, redisstore.WithLocalCache(1000)) })
 	b.Run("NoKey", func(b *testing.B) {
 		// The middleware looks for another header, so that the requests
 		// carry the same headers as the others and still have no key.
-		c, prefix := newRedis(b)
+		r := loadtest.NewRedis(b, poolSize)
 		k := newKeys()
-		h := guarded(b, c, prefix, nil, idempotency.WithIdempotencyHeader("X-Other-Key"))
-		serve(b, h).run(b, c, k.fresh, false)
+		h := mw.Guard(r.Store(b), append(r.Options(), idempotency.WithIdempotencyHeader("X-Other-Key"))...)
+		serve(b, mw, h).run(b, r.Client, k.fresh, false)
 	})
 }
