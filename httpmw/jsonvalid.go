@@ -197,7 +197,7 @@ func scanEscape(b []byte, i int) int {
 			return -1
 		}
 		for _, c := range b[i+1 : i+5] {
-			if !('0' <= c && c <= '9' || 'a' <= c|0x20 && c|0x20 <= 'f') {
+			if !isHex(c) {
 				return -1
 			}
 		}
@@ -250,4 +250,10 @@ func skipDigits(b []byte, i int) int {
 		i++
 	}
 	return i
+}
+
+// isHex reports whether c is a hexadecimal digit, in either case.
+func isHex(c byte) bool {
+	lower := c | 0x20
+	return '0' <= c && c <= '9' || 'a' <= lower && lower <= 'f'
 }

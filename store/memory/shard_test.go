@@ -396,7 +396,7 @@ func TestRecordStaysUnchanged(t *testing.T) {
 	complete(t, s, "first", buf, 0)
 	copy(buf, "XXXXX")
 	first := keep(t, s, "first")
-	require.Equal(t, []byte("first record"), first.want)
+	require.Equal(t, "first record", string(first.want))
 
 	// An empty record is not nil.
 	complete(t, s, "empty", nil, 0)
