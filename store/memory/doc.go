@@ -34,8 +34,7 @@
 // visit every key and every record on every cycle. Bytes once written there
 // are never modified, which is what lets [Store.Claim] return a record
 // without copying it; the space of deleted entries is reclaimed by copying
-// the live ones into a new slice once it outweighs them. The tokens of the
-// claims in flight, few and short-lived, are kept apart.
+// the live ones into a new slice once it outweighs them.
 //
 // Expired entries are reclaimed lazily, by the calls that meet them and by
 // a sweep of one shard that new claims trigger now and then, so the store

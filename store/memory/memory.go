@@ -79,7 +79,6 @@ func New(opts ...Option) *Store {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.index = make(map[uint64]int32)
-		sh.tokens = make(map[int32]string)
 		sh.earliest = never
 	}
 	return s
@@ -109,7 +108,7 @@ func (s *Store) Claim(_ context.Context, key, token string, lease time.Duration)
 			switch sl := &sh.slots[i]; {
 			case sl.done:
 				res = idempotency.ClaimResult{State: idempotency.StateCompleted, Record: sh.record(sl)}
-			case sh.tokens[i] == token:
+			case sh.holdsToken(sl, token):
 				res = idempotency.ClaimResult{State: idempotency.StateClaimed}
 			default:
 				res = idempotency.ClaimResult{State: idempotency.StateInFlight, LeaseLeft: time.Duration(sl.exp - now)}
@@ -328,7 +327,7 @@ func (s *Store) live(sh *shard, h uint64, key string, now int64) int32 {
 // shard must be locked.
 func (s *Store) holds(sh *shard, h uint64, key, token string, now int64) int32 {
 	i := s.live(sh, h, key, now)
-	if i == none || sh.slots[i].done || sh.tokens[i] != token {
+	if i == none || sh.slots[i].done || !sh.holdsToken(&sh.slots[i], token) {
 		return none
 	}
 	return i

@@ -52,10 +52,6 @@ type shardState struct {
 	arena []byte
 	// garbage counts the arena's bytes that no slot refers to anymore.
 	garbage int
-	// tokens holds the token of each claim in flight, by slot. Claims are
-	// few and short-lived, and their tokens would turn into garbage in the
-	// arena as soon as they are completed or released.
-	tokens map[int32]string
 	// waits holds a channel for each in-flight key that someone waits on;
 	// it is closed when the claim ends. Created on first use: most stores
 	// never see a waiter.
@@ -75,8 +71,10 @@ type slot struct {
 	// store's clock, or never. Deadlines are positive, since leases and
 	// expiries are, so zero marks a free slot.
 	exp int64
-	// The key is arena[koff:koff+klen]; a completed record's bytes are
-	// arena[voff:voff+vlen], and vlen is zero for a claim.
+	// The key is arena[koff:koff+klen]. The value, arena[voff:voff+vlen],
+	// is a claim's token or a completed record's bytes. A token becomes
+	// garbage when its claim is completed: in the arena it costs an append,
+	// where a map of tokens would cost an insertion and a deletion.
 	koff, klen uint32
 	voff, vlen uint32
 	// next is the next slot whose key has the same hash, or none.
@@ -87,6 +85,12 @@ type slot struct {
 // key returns the bytes of sl's key, which must not be modified.
 func (sh *shard) key(sl *slot) []byte {
 	return sh.arena[sl.koff : sl.koff+sl.klen]
+}
+
+// holdsToken reports whether sl, a claim, is token's.
+func (sh *shard) holdsToken(sl *slot, token string) bool {
+	// The conversion compares in place: it copies nothing.
+	return string(sh.arena[sl.voff:sl.voff+sl.vlen]) == token
 }
 
 // record returns a completed record's bytes without copying them, with no
@@ -138,11 +142,12 @@ func (sh *shard) insert(h uint64, key, token string, exp int64, limit int) bool 
 	if len(sh.free) == 0 && len(sh.slots) >= math.MaxInt32 {
 		return false
 	}
-	off, ok := sh.alloc(len(key), limit)
+	off, ok := sh.alloc(len(key)+len(token), limit)
 	if !ok {
 		return false
 	}
 	copy(sh.arena[off:], key)
+	copy(sh.arena[off+len(key):], token)
 	var i int32
 	if n := len(sh.free); n > 0 {
 		i = sh.free[n-1]
@@ -155,9 +160,12 @@ func (sh *shard) insert(h uint64, key, token string, exp int64, limit int) bool 
 	if head, ok := sh.index[h]; ok {
 		next = head
 	}
-	sh.slots[i] = slot{exp: exp, koff: uint32(off), klen: uint32(len(key)), next: next}
+	sh.slots[i] = slot{
+		exp: exp, next: next,
+		koff: uint32(off), klen: uint32(len(key)),
+		voff: uint32(off + len(key)), vlen: uint32(len(token)),
+	}
 	sh.index[h] = i
-	sh.tokens[i] = token
 	sh.earliest = min(sh.earliest, exp)
 	return true
 }
@@ -172,10 +180,10 @@ func (sh *shard) complete(i int32, rec []byte, exp int64, limit int) bool {
 	}
 	copy(sh.arena[off:], rec)
 	sl := &sh.slots[i]
+	sh.garbage += int(sl.vlen) // the token
 	sl.voff, sl.vlen = uint32(off), uint32(len(rec))
 	sl.exp = exp
 	sl.done = true
-	delete(sh.tokens, i)
 	sh.earliest = min(sh.earliest, exp)
 	return true
 }
@@ -192,9 +200,6 @@ func (sh *shard) drop(h uint64, i, prev int32) {
 		sh.index[h] = sl.next
 	default:
 		delete(sh.index, h)
-	}
-	if !sl.done {
-		delete(sh.tokens, i)
 	}
 	sh.garbage += int(sl.klen) + int(sl.vlen)
 	*sl = slot{}
@@ -272,7 +277,7 @@ func (sh *shard) rebuild(c int) {
 			koff := len(arena)
 			arena = append(arena, sh.arena[sl.koff:sl.koff+sl.klen]...)
 			sl.koff = uint32(koff)
-			if sl.done {
+			if sl.vlen > 0 {
 				voff := len(arena)
 				arena = append(arena, sh.arena[sl.voff:sl.voff+sl.vlen]...)
 				sl.voff = uint32(voff)

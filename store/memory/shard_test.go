@@ -46,20 +46,20 @@ func sweepAll(s *Store) int {
 	return freed
 }
 
-// checkInvariants checks that every shard's index, slots, free list,
-// tokens and arena agree with each other and with the store's count.
+// checkInvariants checks that every shard's index, slots, free list and
+// arena agree with each other and with the store's count.
 func checkInvariants(t *testing.T, s *Store) {
 	t.Helper()
 	total := 0
 	for si := range s.shards {
 		sh := &s.shards[si]
 		sh.mu.Lock()
-		if len(sh.slots)+len(sh.index)+len(sh.tokens)+len(sh.arena)+sh.garbage == 0 {
+		if len(sh.slots)+len(sh.index)+len(sh.arena)+sh.garbage == 0 {
 			// Never used, or its arena let go after it emptied.
 			sh.mu.Unlock()
 			continue
 		}
-		used, claims, liveBytes := 0, 0, 0
+		used, liveBytes := 0, 0
 		earliest := int64(never)
 		keys := make(map[string]bool)
 		for i := range sh.slots {
@@ -74,12 +74,6 @@ func checkInvariants(t *testing.T, s *Store) {
 			key := string(sh.key(sl))
 			require.False(t, keys[key], "shard %d: key %q held twice", si, key)
 			keys[key] = true
-			_, hasToken := sh.tokens[int32(i)]
-			require.Equal(t, !sl.done, hasToken, "shard %d: slot %d: done %v, token %v", si, i, sl.done, hasToken)
-			if !sl.done {
-				claims++
-				require.Zero(t, sl.vlen, "shard %d: claim %d has a record", si, i)
-			}
 		}
 		seen := make(map[int32]bool)
 		for h, head := range sh.index {
@@ -99,7 +93,6 @@ func checkInvariants(t *testing.T, s *Store) {
 			require.Zero(t, sh.slots[i].exp, "shard %d: slot %d is used and free", si, i)
 		}
 		require.Len(t, sh.slots, used+len(sh.free), "shard %d: slots", si)
-		require.Len(t, sh.tokens, claims, "shard %d: tokens", si)
 		require.Equal(t, len(sh.arena)-liveBytes, sh.garbage, "shard %d: garbage", si)
 		require.LessOrEqual(t, len(sh.arena), s.arenaMax, "shard %d: arena", si)
 		require.LessOrEqual(t, sh.earliest, earliest, "shard %d: earliest deadline", si)
@@ -254,7 +247,9 @@ func TestCompaction(t *testing.T) {
 	for i := 0; i < n; i += 7 {
 		records = append(records, keep(t, s, keys[i]))
 	}
-	require.Zero(t, sh.garbage)
+	// The only garbage is the completed claims' tokens that no growth of
+	// the arena has left out yet.
+	require.LessOrEqual(t, sh.garbage, n*len("token"))
 	arena, size := &sh.arena[0], len(sh.arena)
 
 	// The next claim sweeps the shard: the expired records turn into
@@ -484,9 +479,11 @@ func TestArenaLimit(t *testing.T) {
 	require.ErrorIs(t, err, ErrFull)
 	assertState(t, s, "a", idempotency.StateInFlight, nil)
 
-	// Filled to the last byte, the arena refuses even a short key.
+	// Filled to the last byte, the arena refuses even a short key. Claims
+	// take their key and their token, "token", whose 5 bytes turn into
+	// garbage once the claim is completed.
 	complete(t, s, "b", make([]byte, 500), time.Minute)
-	require.NoError(t, s.Complete(ctx, "a", "token", make([]byte, 498), 0))
+	require.NoError(t, s.Complete(ctx, "a", "token", make([]byte, 493), 0))
 	require.Len(t, sh.arena, 1000)
 	records := []kept{keep(t, s, "a"), keep(t, s, "b")}
 	require.ErrorIs(t, claimKey("c"), ErrFull)
@@ -495,18 +492,18 @@ func TestArenaLimit(t *testing.T) {
 	advance(s, 2*time.Minute)
 	require.NoError(t, claimKey("c"))
 	assert.Len(t, sh.arena, 500)
-	assertState(t, s, "a", idempotency.StateCompleted, make([]byte, 498))
+	assertState(t, s, "a", idempotency.StateCompleted, make([]byte, 493))
 	assertKept(t, records)
 	checkInvariants(t, s)
 
 	// And for a record too.
-	complete(t, s, "d", make([]byte, 498), time.Minute)
+	complete(t, s, "d", make([]byte, 493), time.Minute)
 	require.Len(t, sh.arena, 999)
 	require.NoError(t, claimKey("e"))
 	advance(s, 2*time.Minute)
-	require.NoError(t, s.Complete(ctx, "c", "token", make([]byte, 499), 0))
-	assertState(t, s, "c", idempotency.StateCompleted, make([]byte, 499))
-	assertState(t, s, "a", idempotency.StateCompleted, make([]byte, 498))
+	require.NoError(t, s.Complete(ctx, "c", "token", make([]byte, 494), 0))
+	assertState(t, s, "c", idempotency.StateCompleted, make([]byte, 494))
+	assertState(t, s, "a", idempotency.StateCompleted, make([]byte, 493))
 	checkInvariants(t, s)
 }
 
