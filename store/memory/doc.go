@@ -28,13 +28,14 @@
 //
 // The records cost the garbage collector next to nothing, however many
 // there are. The store spreads keys over 64 shards; each keeps its keys and
-// records side by side in one large byte slice, and finds them through an
-// index and an array of fixed-size slots, none of which holds a pointer. A
-// collection thus marks a few objects per shard, where it would otherwise
-// visit every key and every record on every cycle. Bytes once written there
-// are never modified, which is what lets [Store.Claim] return a record
-// without copying it; the space of deleted entries is reclaimed by copying
-// the live ones into a new slice once it outweighs them.
+// records side by side in byte slices of up to 64 KiB, and finds them
+// through an index and an array of fixed-size slots, none of which holds a
+// pointer. A collection thus marks one object per 64 KiB of records, where
+// it would otherwise visit every key and every record on every cycle. A
+// shard that grows adds a slice and copies nothing. Bytes once written
+// there are never modified, which is what lets [Store.Claim] return a
+// record without copying it; the space of deleted entries is reclaimed by
+// copying the live ones into new slices once it outweighs them.
 //
 // Expired entries are reclaimed lazily, by the calls that meet them and by
 // a sweep of one shard that new claims trigger now and then, so the store

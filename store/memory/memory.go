@@ -56,8 +56,8 @@ type Store struct {
 	hash    func(key string) uint64
 	max     int64
 	errFull error
-	// arenaMax bounds the bytes of each shard's arena, at most maxArena;
-	// tests lower it.
+	// arenaMax bounds the live bytes of each shard's arena, at most
+	// maxArena; tests lower it.
 	arenaMax int
 	count    atomic.Int64  // entries held, expired or not, in all shards
 	cursor   atomic.Uint32 // shard where the next search for room starts
@@ -339,7 +339,7 @@ func (s *Store) remove(sh *shard, h uint64, i, prev int32, key string) {
 	sh.drop(h, i, prev)
 	s.count.Add(-1)
 	sh.wake(key)
-	sh.compact(s.arenaMax)
+	sh.compact()
 }
 
 // makeRoom drops expired entries from the shards, one after another, until
@@ -388,7 +388,7 @@ func (s *Store) sweep(sh *shard, now int64) int {
 	sh.swept = now
 	s.count.Add(-int64(freed))
 	// Compacted once, after the loop: a sweep may free many entries.
-	sh.compact(s.arenaMax)
+	sh.compact()
 	return freed
 }
 

@@ -7,7 +7,8 @@ import (
 )
 
 const (
-	// maxArena bounds a shard's arena, whose offsets are uint32s.
+	// maxArena bounds the live bytes of a shard's keys and values: an
+	// entry's lengths and offsets are uint32s.
 	maxArena = min(math.MaxUint32, math.MaxInt)
 
 	// compactMin is the garbage a shard's arena holds at least before it is
@@ -15,9 +16,11 @@ const (
 	// memory it returns.
 	compactMin = 64 << 10
 
-	// arenaStep is the arena capacity up to which an arena doubles when it
-	// grows; above it, it grows by a quarter, to keep its slack low.
-	arenaStep = 64 << 10
+	// minChunk and maxChunk bound the capacity of the arena's chunks: the
+	// first chunk of a shard is small, each next one twice the last, up to
+	// maxChunk. An entry larger than that has a chunk of its own.
+	minChunk = 1 << 10
+	maxChunk = 64 << 10
 
 	// none ends a chain of slots and marks a slot absent.
 	none = -1
@@ -44,13 +47,18 @@ type shardState struct {
 	// indices of free slots are in free, to be reused first.
 	slots []slot
 	free  []int32
-	// arena holds the keys of all slots and the bytes of completed records.
-	// Bytes once written are never modified, as [Store.Claim] hands out
-	// records as slices of the arena: a new arena replaces it when it
-	// grows or is compacted, and the old one lives on as long as someone
-	// holds such a slice.
-	arena []byte
-	// garbage counts the arena's bytes that no slot refers to anymore.
+	// chunks hold the arena: the keys and values of all slots. An entry,
+	// its key followed by its value, lies in one chunk; new entries are
+	// appended to the last chunk, or to a new one when it is full, so that
+	// growing never copies what is there. Record bytes once written are
+	// never modified, as [Store.Claim] hands out records as slices of a
+	// chunk: a compaction moves the live entries to new chunks, and an old
+	// one lives on as long as someone holds such a slice.
+	chunks [][]byte
+	// used is the sum of the chunks' lengths: live bytes and garbage.
+	used int
+	// garbage counts the bytes of the chunks that no slot refers to
+	// anymore.
 	garbage int
 	// waits holds a channel for each in-flight key that someone waits on;
 	// it is closed when the claim ends. Created on first use: most stores
@@ -71,12 +79,10 @@ type slot struct {
 	// store's clock, or never. Deadlines are positive, since leases and
 	// expiries are, so zero marks a free slot.
 	exp int64
-	// The key is arena[koff:koff+klen]. The value, arena[voff:voff+vlen],
-	// is a claim's token or a completed record's bytes. A token becomes
-	// garbage when its claim is completed: in the arena it costs an append,
-	// where a map of tokens would cost an insertion and a deletion.
-	koff, klen uint32
-	voff, vlen uint32
+	// The entry lies in chunks[chunk] from off: klen bytes of key, then
+	// vlen bytes of value, a claim's token or a completed record's bytes.
+	chunk, off uint32
+	klen, vlen uint32
 	// next is the next slot whose key has the same hash, or none.
 	next int32
 	done bool // a completed record, not a claim
@@ -84,24 +90,31 @@ type slot struct {
 
 // key returns the bytes of sl's key, which must not be modified.
 func (sh *shard) key(sl *slot) []byte {
-	return sh.arena[sl.koff : sl.koff+sl.klen]
+	return sh.chunks[sl.chunk][sl.off : sl.off+sl.klen]
+}
+
+// value returns the bytes of sl's value, with no room to append to in
+// place.
+func (sh *shard) value(sl *slot) []byte {
+	start := sl.off + sl.klen
+	end := start + sl.vlen
+	return sh.chunks[sl.chunk][start:end:end]
 }
 
 // holdsToken reports whether sl, a claim, is token's.
 func (sh *shard) holdsToken(sl *slot, token string) bool {
 	// The conversion compares in place: it copies nothing.
-	return string(sh.arena[sl.voff:sl.voff+sl.vlen]) == token
+	return string(sh.value(sl)) == token
 }
 
-// record returns a completed record's bytes without copying them, with no
-// room to append to in place. Callers of [Store.Claim] must not modify a
-// record, and the store never writes over it, so sharing is safe.
+// record returns a completed record's bytes without copying them. Callers
+// of [Store.Claim] must not modify a record, and the store never writes
+// over it, so sharing is safe.
 func (sh *shard) record(sl *slot) []byte {
 	if sl.vlen == 0 {
 		return []byte{}
 	}
-	end := sl.voff + sl.vlen
-	return sh.arena[sl.voff:end:end]
+	return sh.value(sl)
 }
 
 // find returns the slot holding key, whose hash is h, and the slot before
@@ -116,7 +129,7 @@ func (sh *shard) find(h uint64, key string) (i, prev int32) {
 	for i != none {
 		sl := &sh.slots[i]
 		// The conversion compares in place: it copies nothing.
-		if string(sh.arena[sl.koff:sl.koff+sl.klen]) == key {
+		if string(sh.key(sl)) == key {
 			return i, prev
 		}
 		prev, i = i, sl.next
@@ -142,12 +155,13 @@ func (sh *shard) insert(h uint64, key, token string, exp int64, limit int) bool 
 	if len(sh.free) == 0 && len(sh.slots) >= math.MaxInt32 {
 		return false
 	}
-	off, ok := sh.alloc(len(key)+len(token), limit)
+	c, off, ok := sh.alloc(len(key)+len(token), limit)
 	if !ok {
 		return false
 	}
-	copy(sh.arena[off:], key)
-	copy(sh.arena[off+len(key):], token)
+	b := sh.chunks[c][off:]
+	copy(b, key)
+	copy(b[len(key):], token)
 	var i int32
 	if n := len(sh.free); n > 0 {
 		i = sh.free[n-1]
@@ -162,8 +176,8 @@ func (sh *shard) insert(h uint64, key, token string, exp int64, limit int) bool 
 	}
 	sh.slots[i] = slot{
 		exp: exp, next: next,
-		koff: uint32(off), klen: uint32(len(key)),
-		voff: uint32(off + len(key)), vlen: uint32(len(token)),
+		chunk: uint32(c), off: uint32(off),
+		klen: uint32(len(key)), vlen: uint32(len(token)),
 	}
 	sh.index[h] = i
 	sh.earliest = min(sh.earliest, exp)
@@ -174,14 +188,28 @@ func (sh *shard) insert(h uint64, key, token string, exp int64, limit int) bool 
 // exp. It reports false, and changes nothing, when the arena has no room
 // for rec under limit. The shard must be locked.
 func (sh *shard) complete(i int32, rec []byte, exp int64, limit int) bool {
-	off, ok := sh.alloc(len(rec), limit)
-	if !ok {
-		return false
-	}
-	copy(sh.arena[off:], rec)
 	sl := &sh.slots[i]
-	sh.garbage += int(sl.vlen) // the token
-	sl.voff, sl.vlen = uint32(off), uint32(len(rec))
+	last := len(sh.chunks) - 1
+	if c := sh.chunks[last]; int(sl.chunk) == last && int(sl.off+sl.klen+sl.vlen) == len(c) &&
+		len(rec) <= cap(c)-int(sl.off+sl.klen) && len(rec)-int(sl.vlen) <= limit-(sh.used-sh.garbage) {
+		// The claim is the last entry written: the record takes the place
+		// of its token, which no caller has ever seen, after its key.
+		start := int(sl.off + sl.klen)
+		sh.chunks[last] = append(c[:start], rec...)
+		sh.used += len(rec) - int(sl.vlen)
+	} else {
+		n := int(sl.klen) + len(rec)
+		c, off, ok := sh.alloc(n, limit)
+		if !ok {
+			return false
+		}
+		b := sh.chunks[c][off : off+n]
+		copy(b, sh.key(sl))
+		copy(b[sl.klen:], rec)
+		sh.garbage += int(sl.klen + sl.vlen) // the claim's entry
+		sl.chunk, sl.off = uint32(c), uint32(off)
+	}
+	sl.vlen = uint32(len(rec))
 	sl.exp = exp
 	sl.done = true
 	sh.earliest = min(sh.earliest, exp)
@@ -206,86 +234,63 @@ func (sh *shard) drop(h uint64, i, prev int32) {
 	sh.free = append(sh.free, i)
 }
 
-// alloc appends n bytes to the arena, to be written once, and returns
-// where they start. It reports false, and changes nothing, when they do
-// not fit under limit even without the garbage. The shard must be locked.
-func (sh *shard) alloc(n, limit int) (int, bool) {
-	off := len(sh.arena)
-	if n <= cap(sh.arena)-off {
-		sh.arena = sh.arena[:off+n]
-		return off, true
-	}
-	live := off - sh.garbage
-	if n > limit-live {
-		return 0, false
-	}
-	// The arena must be copied anyway: the copy leaves out the garbage.
-	sh.rebuild(sh.capacity(live+n, limit))
-	off = len(sh.arena)
-	sh.arena = sh.arena[:off+n]
-	return off, true
-}
-
-// compact replaces the arena by one without its garbage, once the garbage
-// outweighs the live bytes. Its cost, a copy of the live bytes, is paid
-// for by the garbage written since the last compaction. The shard must be
+// alloc appends n bytes to the arena, to be written once, and returns the
+// chunk and the offset where they start. It reports false, and changes
+// nothing, when the live bytes would exceed limit. The shard must be
 // locked.
-func (sh *shard) compact(limit int) {
-	if sh.garbage < compactMin || sh.garbage <= len(sh.arena)-sh.garbage {
-		return
+func (sh *shard) alloc(n, limit int) (c, off int, ok bool) {
+	if n > limit-(sh.used-sh.garbage) {
+		return 0, 0, false
 	}
-	sh.rebuild(sh.capacity(len(sh.arena)-sh.garbage, limit))
-}
-
-// capacity returns the capacity of a new arena that must hold need bytes:
-// the current one grown by a quarter, which keeps the slack of a growing
-// arena low, or doubled while it is small. It is at most twice need, so
-// that an arena whose entries expire gives memory back, yet has room for
-// as much garbage as live bytes: in a store that stays the same size, the
-// arena is then copied once per compaction, not each time it fills up. The
-// shard must be locked.
-func (sh *shard) capacity(need, limit int) int {
-	c := cap(sh.arena)
-	if c < arenaStep {
-		c = max(2*c, 512)
-	} else {
-		c += min(c/4, limit-c)
-	}
-	c = min(c, need+min(need, limit-need))
-	return max(c, need)
-}
-
-// rebuild moves the arena's live bytes to a new arena of capacity c, which
-// must hold them, leaving out the garbage. The old arena is left as it is,
-// for whoever holds records in it. The shard must be locked.
-func (sh *shard) rebuild(c int) {
-	if c == 0 {
-		sh.arena = nil
-		sh.garbage = 0
-		return
-	}
-	arena := make([]byte, 0, c)
-	if sh.garbage == 0 {
-		// Nothing to leave out: one copy moves it all.
-		arena = append(arena, sh.arena...)
-	} else {
-		for i := range sh.slots {
-			sl := &sh.slots[i]
-			if sl.exp == 0 {
-				continue
-			}
-			koff := len(arena)
-			arena = append(arena, sh.arena[sl.koff:sl.koff+sl.klen]...)
-			sl.koff = uint32(koff)
-			if sl.vlen > 0 {
-				voff := len(arena)
-				arena = append(arena, sh.arena[sl.voff:sl.voff+sl.vlen]...)
-				sl.voff = uint32(voff)
-			}
+	last := len(sh.chunks) - 1
+	if last >= 0 {
+		b := sh.chunks[last]
+		if n <= cap(b)-len(b) {
+			sh.chunks[last] = b[:len(b)+n]
+			sh.used += n
+			return last, len(b), true
 		}
+		// The rest of a full chunk is never written: it counts as
+		// garbage, so that a compaction sees it.
+		rest := cap(b) - len(b)
+		sh.chunks[last] = b[:cap(b)]
+		sh.used += rest
+		sh.garbage += rest
 	}
-	sh.arena = arena
-	sh.garbage = 0
+	size := minChunk
+	if last >= 0 {
+		size = min(2*cap(sh.chunks[last]), maxChunk)
+	}
+	sh.chunks = append(sh.chunks, make([]byte, n, max(size, n)))
+	sh.used += n
+	return len(sh.chunks) - 1, 0, true
+}
+
+// compact moves the live entries to new chunks, once the garbage outweighs
+// them. Its cost, a copy of the live bytes, is paid for by the garbage
+// written since the last compaction. The shard must be locked.
+func (sh *shard) compact() {
+	if sh.garbage < compactMin || sh.garbage <= sh.used-sh.garbage {
+		return
+	}
+	old := sh.chunks
+	live := sh.used - sh.garbage
+	sh.chunks, sh.used, sh.garbage = nil, 0, 0
+	if live == 0 {
+		return
+	}
+	// The first chunk takes all the live bytes, if a chunk can.
+	sh.chunks = append(sh.chunks, make([]byte, 0, max(minChunk, min(live, maxChunk))))
+	for i := range sh.slots {
+		sl := &sh.slots[i]
+		if sl.exp == 0 {
+			continue
+		}
+		n := int(sl.klen + sl.vlen)
+		c, off, _ := sh.alloc(n, math.MaxInt)
+		copy(sh.chunks[c][off:], old[sl.chunk][sl.off:int(sl.off)+n])
+		sl.chunk, sl.off = uint32(c), uint32(off)
+	}
 }
 
 // wake wakes whoever waits on key's claim, which has ended. The shard must

@@ -54,7 +54,7 @@ func checkInvariants(t *testing.T, s *Store) {
 	for si := range s.shards {
 		sh := &s.shards[si]
 		sh.mu.Lock()
-		if len(sh.slots)+len(sh.index)+len(sh.arena)+sh.garbage == 0 {
+		if len(sh.slots)+len(sh.index)+len(sh.chunks)+sh.garbage == 0 {
 			// Never used, or its arena let go after it emptied.
 			sh.mu.Unlock()
 			continue
@@ -71,6 +71,8 @@ func checkInvariants(t *testing.T, s *Store) {
 			used++
 			earliest = min(earliest, sl.exp)
 			liveBytes += int(sl.klen) + int(sl.vlen)
+			require.Less(t, int(sl.chunk), len(sh.chunks), "shard %d: slot %d: chunk", si, i)
+			require.LessOrEqual(t, int(sl.off+sl.klen+sl.vlen), len(sh.chunks[sl.chunk]), "shard %d: slot %d: entry", si, i)
 			key := string(sh.key(sl))
 			require.False(t, keys[key], "shard %d: key %q held twice", si, key)
 			keys[key] = true
@@ -93,8 +95,13 @@ func checkInvariants(t *testing.T, s *Store) {
 			require.Zero(t, sh.slots[i].exp, "shard %d: slot %d is used and free", si, i)
 		}
 		require.Len(t, sh.slots, used+len(sh.free), "shard %d: slots", si)
-		require.Equal(t, len(sh.arena)-liveBytes, sh.garbage, "shard %d: garbage", si)
-		require.LessOrEqual(t, len(sh.arena), s.arenaMax, "shard %d: arena", si)
+		inChunks := 0
+		for _, c := range sh.chunks {
+			inChunks += len(c)
+		}
+		require.Equal(t, inChunks, sh.used, "shard %d: bytes used", si)
+		require.Equal(t, inChunks-liveBytes, sh.garbage, "shard %d: garbage", si)
+		require.LessOrEqual(t, liveBytes, s.arenaMax, "shard %d: live bytes", si)
 		require.LessOrEqual(t, sh.earliest, earliest, "shard %d: earliest deadline", si)
 		total += used
 		sh.mu.Unlock()
@@ -247,17 +254,16 @@ func TestCompaction(t *testing.T) {
 	for i := 0; i < n; i += 7 {
 		records = append(records, keep(t, s, keys[i]))
 	}
-	// The only garbage is the completed claims' tokens that no growth of
-	// the arena has left out yet.
-	require.LessOrEqual(t, sh.garbage, n*len("token"))
-	arena, size := &sh.arena[0], len(sh.arena)
+	// Nothing has expired: the only garbage is the ends of full chunks.
+	require.Less(t, sh.garbage, sh.used/20)
+	first, size := unsafe.SliceData(sh.chunks[0]), sh.used
 
 	// The next claim sweeps the shard: the expired records turn into
 	// garbage, and the arena is compacted into a new one.
 	advance(s, 2*time.Minute)
 	assertState(t, s, keys[1], idempotency.StateClaimed, nil)
-	assert.NotSame(t, arena, &sh.arena[0], "compaction wrote over the old arena")
-	assert.Less(t, len(sh.arena), size/5, "arena after compaction")
+	assert.NotSame(t, first, unsafe.SliceData(sh.chunks[0]), "compaction wrote over the old arena")
+	assert.Less(t, sh.used, size/5, "arena after compaction")
 	assert.Equal(t, int64(n/10), s.count.Load())
 	assertKept(t, records)
 	checkInvariants(t, s)
@@ -273,11 +279,11 @@ func TestCompaction(t *testing.T) {
 		records = append(records, keep(t, s, key))
 	}
 	checkInvariants(t, s)
-	arena, size = &sh.arena[0], len(sh.arena)
+	first, size = unsafe.SliceData(sh.chunks[0]), sh.used
 	advance(s, 2*time.Minute)
 	assertState(t, s, "new-000", idempotency.StateClaimed, nil)
-	assert.NotSame(t, arena, &sh.arena[0], "compaction wrote over the old arena")
-	assert.Less(t, len(sh.arena), size/5, "arena after compaction")
+	assert.NotSame(t, first, unsafe.SliceData(sh.chunks[0]), "compaction wrote over the old arena")
+	assert.Less(t, sh.used, size/5, "arena after compaction")
 	checkInvariants(t, s)
 	for i := 0; i < n; i += 10 {
 		assertState(t, s, keys[i], idempotency.StateCompleted, recordFor(keys[i]))
@@ -299,7 +305,8 @@ func TestCompactionEmptiesArena(t *testing.T) {
 	// Once nothing in it lives, the arena is let go.
 	advance(s, 2*time.Minute)
 	assert.Equal(t, 100, sweepAll(s))
-	assert.Nil(t, sh.arena)
+	assert.Nil(t, sh.chunks)
+	assert.Zero(t, sh.used)
 	assert.Zero(t, sh.garbage)
 	assertKept(t, records)
 	checkInvariants(t, s)
@@ -408,7 +415,7 @@ func TestRecordStaysUnchanged(t *testing.T) {
 	grown, compacted := false, false
 	for i := range 500 {
 		key := fmt.Sprintf("key-%03d", i)
-		arena := sh.arena
+		chunks, used := len(sh.chunks), sh.used
 		complete(t, s, key, recordFor(key), time.Minute)
 		records = append(records, keep(t, s, key))
 		if i%50 == 49 {
@@ -416,8 +423,8 @@ func TestRecordStaysUnchanged(t *testing.T) {
 			advance(s, 2*time.Minute)
 			sweepAll(s)
 		}
-		grown = grown || cap(sh.arena) > cap(arena)
-		compacted = compacted || len(sh.arena) < len(arena)
+		grown = grown || len(sh.chunks) > chunks
+		compacted = compacted || sh.used < used
 		assertKept(t, records)
 	}
 	assert.True(t, grown, "the arena never grew")
@@ -433,12 +440,16 @@ func TestArenaCopiesInSteadyState(t *testing.T) {
 	sh := &s.shards[0]
 
 	// Records expire as fast as new ones come, so that about live of
-	// them are held at any time.
+	// them are held at any time. Growing copies nothing; each compaction
+	// copies the live bytes.
 	const live = 200
 	rec := make([]byte, 1024)
-	written, copied := 0, 0
+	written, copied, held := 0, 0, 0
 	for i := range 40 * live {
-		arena := unsafe.SliceData(sh.arena)
+		first := (*byte)(nil)
+		if len(sh.chunks) > 0 {
+			first = unsafe.SliceData(sh.chunks[0])
+		}
 		key := fmt.Sprintf("key-%06d", i)
 		complete(t, s, key, rec, live*time.Minute)
 		advance(s, time.Minute)
@@ -446,13 +457,18 @@ func TestArenaCopiesInSteadyState(t *testing.T) {
 			continue
 		}
 		written += len(key) + len(rec)
-		if unsafe.SliceData(sh.arena) != arena {
-			copied += len(sh.arena)
+		if first != nil && unsafe.SliceData(sh.chunks[0]) != first {
+			copied += sh.used
 		}
+		held = max(held, sh.used-sh.garbage)
 	}
 	checkInvariants(t, s)
 	assert.LessOrEqual(t, copied, 2*written, "bytes copied for %d bytes written", written)
-	assert.LessOrEqual(t, cap(sh.arena), 3*(len(sh.arena)-sh.garbage), "arena capacity for its live bytes")
+	capacity := 0
+	for _, c := range sh.chunks {
+		capacity += cap(c)
+	}
+	assert.LessOrEqual(t, capacity, 3*held+maxChunk, "arena capacity for its live bytes")
 }
 
 func TestArenaLimit(t *testing.T) {
@@ -479,31 +495,35 @@ func TestArenaLimit(t *testing.T) {
 	require.ErrorIs(t, err, ErrFull)
 	assertState(t, s, "a", idempotency.StateInFlight, nil)
 
-	// Filled to the last byte, the arena refuses even a short key. Claims
-	// take their key and their token, "token", whose 5 bytes turn into
-	// garbage once the claim is completed.
+	// A completed record's entry is its key and the record, written anew
+	// unless the claim was the last entry; the claim's entry, its key and
+	// its token, "token", then turns into garbage. A record that takes the
+	// live bytes to the limit fits; a byte more does not.
 	complete(t, s, "b", make([]byte, 500), time.Minute)
-	require.NoError(t, s.Complete(ctx, "a", "token", make([]byte, 493), 0))
-	require.Len(t, sh.arena, 1000)
+	roomA := 1000 - (sh.used - sh.garbage) - len("a")
+	require.ErrorIs(t, s.Complete(ctx, "a", "token", make([]byte, roomA+1), 0), ErrFull)
+	require.NoError(t, s.Complete(ctx, "a", "token", make([]byte, roomA), 0))
+	assert.Equal(t, 1000-len("atoken"), sh.used-sh.garbage, "live bytes")
 	records := []kept{keep(t, s, "a"), keep(t, s, "b")}
-	require.ErrorIs(t, claimKey("c"), ErrFull)
-
-	// Garbage makes room: the arena is compacted to take the key.
-	advance(s, 2*time.Minute)
 	require.NoError(t, claimKey("c"))
-	assert.Len(t, sh.arena, 500)
-	assertState(t, s, "a", idempotency.StateCompleted, make([]byte, 493))
+	require.ErrorIs(t, claimKey("d"), ErrFull)
+
+	// Expired records make room.
+	advance(s, 2*time.Minute)
+	require.NoError(t, claimKey("d"))
+	assertState(t, s, "a", idempotency.StateCompleted, make([]byte, roomA))
 	assertKept(t, records)
 	checkInvariants(t, s)
 
 	// And for a record too.
-	complete(t, s, "d", make([]byte, 493), time.Minute)
-	require.Len(t, sh.arena, 999)
-	require.NoError(t, claimKey("e"))
+	// e's record is written after its key while its claim still counts.
+	complete(t, s, "e", make([]byte, 1000-(sh.used-sh.garbage)-len("etoken")-len("e")), time.Minute)
+	room := 1000 - (sh.used - sh.garbage) - len("c")
+	require.ErrorIs(t, s.Complete(ctx, "c", "token", make([]byte, room+1), 0), ErrFull)
 	advance(s, 2*time.Minute)
-	require.NoError(t, s.Complete(ctx, "c", "token", make([]byte, 494), 0))
-	assertState(t, s, "c", idempotency.StateCompleted, make([]byte, 494))
-	assertState(t, s, "a", idempotency.StateCompleted, make([]byte, 493))
+	require.NoError(t, s.Complete(ctx, "c", "token", make([]byte, room+1), 0))
+	assertState(t, s, "c", idempotency.StateCompleted, make([]byte, room+1))
+	assertState(t, s, "a", idempotency.StateCompleted, make([]byte, roomA))
 	checkInvariants(t, s)
 }
 
