@@ -170,20 +170,10 @@ func BenchmarkClaimComplete(b *testing.B) {
 // Its ns/op is the time to fill the store.
 func BenchmarkMemoryPerRecord(b *testing.B) {
 	const n = 1_000_000
-	ctx := b.Context()
 	for b.Loop() {
 		before := heapInUse()
-		s := memory.New(memory.WithMaxRecords(n))
-		for i := range n {
-			// Made one by one, so that no slice of keys is counted.
-			key := benchKey(i)
-			if _, err := s.Claim(ctx, key, benchToken, time.Minute); err != nil {
-				b.Fatal(err)
-			}
-			if err := s.Complete(ctx, key, benchToken, benchRecord, time.Hour); err != nil {
-				b.Fatal(err)
-			}
-		}
+		// Keys are made one by one, so that no slice of them is counted.
+		s := filledStore(b, n, 0)
 		held := float64(heapInUse()-before) / n
 		runtime.KeepAlive(s)
 		b.ReportMetric(held, "B/record")
