@@ -203,7 +203,7 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 		return res, err
 	}
 	// Complete logs its failures; the client gets its answer regardless.
-	_ = exec.Complete(rec)
+	_ = exec.Complete(&rec)
 	return res, err
 }
 
@@ -225,17 +225,17 @@ func contextEnded(ctx context.Context, err error) bool {
 // It reports false when the outcome must not be stored. A response's body
 // is encoded into buf, so the record must not outlive buf's return to the
 // pool.
-func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res connect.AnyResponse, err error, buf *[]byte) (*Record, bool) {
+func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res connect.AnyResponse, err error, buf *[]byte) (Record, bool) {
 	info, _ := connect.CallInfoForHandlerContext(ctx)
 	if err != nil {
-		return i.errorRecord(info, err), true
+		return *i.errorRecord(info, err), true
 	}
 	if res == nil {
-		return nil, false
+		return Record{}, false
 	}
 	msg, ok := res.Any().(proto.Message)
 	if !ok {
-		return nil, false
+		return Record{}, false
 	}
 	body, encoded := appendMessageJSON((*buf)[:0], msg.ProtoReflect())
 	var mErr error
@@ -245,15 +245,15 @@ func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res co
 	if mErr != nil {
 		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response cannot be encoded; it was not stored",
 			slog.String("procedure", req.Spec().Procedure), slog.Any("error", mErr))
-		return nil, false
+		return Record{}, false
 	}
 	*buf = body // so that the pool keeps what the encoding grew
 	if int64(len(body)) > i.cfg.maxResponse {
 		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response is over the size limit; it was not stored",
 			slog.String("procedure", req.Spec().Procedure), slog.Int("size", len(body)))
-		return nil, false
+		return Record{}, false
 	}
-	rec := &Record{
+	rec := Record{
 		Status:  http.StatusOK,
 		Message: string(msg.ProtoReflect().Descriptor().FullName()),
 		Body:    body,
