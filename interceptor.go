@@ -228,7 +228,7 @@ func contextEnded(ctx context.Context, err error) bool {
 func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res connect.AnyResponse, err error, buf *[]byte) (Record, bool) {
 	info, _ := connect.CallInfoForHandlerContext(ctx)
 	if err != nil {
-		return *i.errorRecord(info, err), true
+		return i.errorRecord(info, err), true
 	}
 	if res == nil {
 		return Record{}, false
@@ -272,9 +272,9 @@ func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res co
 // errorRecord builds the record of a handler error. Its Header holds what
 // the client sees as the error's metadata apart from trailers: the headers
 // set through the call info, then the error's own metadata.
-func (i *Interceptor) errorRecord(info connect.CallInfo, err error) *Record {
+func (i *Interceptor) errorRecord(info connect.CallInfo, err error) Record {
 	e := &ErrorRecord{Code: uint32(connect.CodeUnknown), Message: err.Error()}
-	rec := &Record{Error: e}
+	rec := Record{Error: e}
 	if info != nil {
 		rec.Header = i.visible(rec.Header, info.ResponseHeader())
 		rec.Trailer = i.visible(rec.Trailer, info.ResponseTrailer())

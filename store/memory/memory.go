@@ -103,7 +103,7 @@ func (s *Store) Claim(_ context.Context, key, token string, lease time.Duration)
 	for retried := false; ; retried = true {
 		now := s.now()
 		sh.mu.Lock()
-		if i := s.live(sh, h, key, now); i != none {
+		if i, _ := s.live(sh, h, key, now); i != none {
 			var res idempotency.ClaimResult
 			switch sl := &sh.slots[i]; {
 			case sl.done:
@@ -159,7 +159,7 @@ func (s *Store) Complete(_ context.Context, key, token string, record []byte, ex
 	now := s.now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i := s.holds(sh, h, key, token, now)
+	i, _ := s.holds(sh, h, key, token, now)
 	if i == none {
 		return idempotency.ErrNotHeld
 	}
@@ -190,11 +190,11 @@ func (s *Store) Release(_ context.Context, key, token string) error {
 	now := s.now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i := s.holds(sh, h, key, token, now)
+	i, prev := s.holds(sh, h, key, token, now)
 	if i == none {
 		return idempotency.ErrNotHeld
 	}
-	s.remove(sh, h, i, sh.prevOf(h, i), key)
+	s.remove(sh, h, i, prev, key)
 	return nil
 }
 
@@ -210,7 +210,7 @@ func (s *Store) Renew(_ context.Context, key, token string, lease time.Duration)
 	now := s.now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i := s.holds(sh, h, key, token, now)
+	i, _ := s.holds(sh, h, key, token, now)
 	if i == none {
 		return idempotency.ErrNotHeld
 	}
@@ -229,7 +229,7 @@ func (s *Store) Wait(ctx context.Context, key string) error {
 	sh := s.shard(h)
 	now := s.now()
 	sh.mu.Lock()
-	i := s.live(sh, h, key, now)
+	i, _ := s.live(sh, h, key, now)
 	if i == none || sh.slots[i].done {
 		sh.mu.Unlock()
 		return nil
@@ -309,28 +309,29 @@ func deadline(now int64, d time.Duration) int64 {
 }
 
 // live returns the slot of key, whose hash is h, if its lease or expiry
-// has not passed, or none. An expired slot is dropped on the way, as no one
-// can see it anymore. The shard must be locked.
-func (s *Store) live(sh *shard, h uint64, key string, now int64) int32 {
-	i, prev := sh.find(h, key)
+// has not passed, and the slot before it in its chain; or none. An expired
+// slot is dropped on the way, as no one can see it anymore. The shard must
+// be locked.
+func (s *Store) live(sh *shard, h uint64, key string, now int64) (i, prev int32) {
+	i, prev = sh.find(h, key)
 	if i == none {
-		return none
+		return none, none
 	}
 	if now >= sh.slots[i].exp {
 		s.remove(sh, h, i, prev, key)
-		return none
+		return none, none
 	}
-	return i
+	return i, prev
 }
 
-// holds returns the slot of key if it is token's live claim, or none. The
-// shard must be locked.
-func (s *Store) holds(sh *shard, h uint64, key, token string, now int64) int32 {
-	i := s.live(sh, h, key, now)
+// holds returns the slot of key if it is token's live claim, and the slot
+// before it in its chain; or none. The shard must be locked.
+func (s *Store) holds(sh *shard, h uint64, key, token string, now int64) (i, prev int32) {
+	i, prev = s.live(sh, h, key, now)
 	if i == none || sh.slots[i].done || !sh.holdsToken(&sh.slots[i], token) {
-		return none
+		return none, none
 	}
-	return i
+	return i, prev
 }
 
 // remove deletes slot i, which holds key, whose hash is h, and follows
