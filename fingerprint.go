@@ -82,3 +82,11 @@ func storageKey(scope, route, key string) string {
 	base64.RawURLEncoding.Encode(b[:], sum[:])
 	return string(b[:])
 }
+
+// StorageKey returns the storage key under which a store keeps a request's
+// claim and record: a hash over its scope (see [WithKeyScope]; "" without
+// one), its route (for httpmw the method and path, as "POST /charges"; for
+// the RPC adapters the procedure, as "/pkg.Service/Method") and its key as
+// [ParseKey] returns it. Operators use it to inspect or forget a key
+// ([Inspector], [Forgetter]) without the store ever seeing the raw key.
+func StorageKey(scope, route, key string) string { return storageKey(scope, route, key) }

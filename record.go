@@ -250,3 +250,8 @@ func decodeRecord(data []byte) (*Record, error) {
 	}
 	return r, nil
 }
+
+// DecodeRecord decodes a stored record, as [Inspector.Inspect] returns it,
+// for tools that show what a key holds. A record that cannot be decoded is
+// an error, never a panic.
+func DecodeRecord(data []byte) (*Record, error) { return decodeRecord(data) }

@@ -106,3 +106,49 @@ type Waiter interface {
 type NonBlocking interface {
 	NonBlocking()
 }
+
+// Inspector is an optional capability of a [Store]: it tells what a storage
+// key holds, for operators and tools such as cmd/idemctl. A store without it
+// still conforms. The storage key is the one [StorageKey] derives from a
+// request's scope, route and key.
+type Inspector interface {
+	// Inspect reports what key holds. An absent key, and a claim or record
+	// whose lease or expiry ran out, answer an [Entry] whose State is zero.
+	Inspect(ctx context.Context, key string) (Entry, error)
+}
+
+// Forgetter is an optional capability of a [Store]: it removes whatever a
+// storage key holds, a live claim (which frees a key whose holder is stuck)
+// or a completed record, so that the next request with the key runs anew.
+type Forgetter interface {
+	// Forget deletes key's claim or record. It reports whether there was a
+	// live one to delete.
+	Forget(ctx context.Context, key string) (bool, error)
+}
+
+// Counter is an optional capability of a [Store] that can count what it
+// holds without reading every record.
+type Counter interface {
+	// Count returns how many live claims and unexpired records the store
+	// holds. A store may count an entry that expires while it counts.
+	Count(ctx context.Context) (Counts, error)
+}
+
+// Entry is what [Inspector.Inspect] found under a storage key.
+type Entry struct {
+	// State is [StateInFlight] for a live claim, [StateCompleted] for a
+	// record, and zero when the key holds nothing.
+	State State
+	// TTL is the lease left of a claim, or the time left of a record; zero
+	// for a record that never expires.
+	TTL time.Duration
+	// Record is the stored record, for [StateCompleted]. See [DecodeRecord]
+	// for its contents.
+	Record []byte
+}
+
+// Counts is what [Counter.Count] reports.
+type Counts struct {
+	Claims  int64
+	Records int64
+}
