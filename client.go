@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -43,7 +44,12 @@ func (c *ClientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc 
 			return next(ctx, req)
 		}
 		if req.Header().Get(c.cfg.keyHeader) == "" {
-			req.Header().Set(c.cfg.keyHeader, uuid.NewString())
+			// The key goes on a copy of the request's headers: the caller's
+			// request stays as it was, so sending it again is a new call
+			// with a new key.
+			keyed := &keyedRequest{AnyRequest: req, header: req.Header().Clone()}
+			keyed.header.Set(c.cfg.keyHeader, uuid.NewString())
+			req = keyed
 		}
 		for attempt := 0; ; attempt++ {
 			resp, err := next(ctx, req)
@@ -60,6 +66,17 @@ func (c *ClientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc 
 		}
 	}
 }
+
+// keyedRequest is a request with headers of its own. Embedding the
+// caller's request gives it connect's unexported methods, so connect sends
+// it as it would the caller's, with these headers.
+type keyedRequest struct {
+	connect.AnyRequest
+	header http.Header
+}
+
+// Header returns the request's own headers.
+func (r *keyedRequest) Header() http.Header { return r.header }
 
 // WrapStreamingClient passes streams through: only unary calls are guarded.
 func (c *ClientInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/idemkey/idempotency/internal/protorec"
 )
 
 // An Engine decides, for each guarded request, whether it runs, is
@@ -30,6 +32,8 @@ type Engine struct {
 	renewals *renewals
 	// timed is false for a NonBlocking store, whose calls need no timeout.
 	timed bool
+	// skipped bounds the warnings about responses that were not stored.
+	skipped logLimiter
 }
 
 // NewEngine returns an engine over store. It panics if store is nil or an
@@ -132,7 +136,8 @@ type Request struct {
 //   - a [Record]: the request was answered before; replay it. The record
 //     is shared with other replays and must not be modified;
 //   - an error wrapping [ErrInFlight], [ErrFingerprintMismatch] or
-//     [ErrStoreUnavailable].
+//     [ErrStoreUnavailable], or the context's error when ctx ended before
+//     the key was claimed.
 //
 // With [WithFailOpen], a store failure yields an unprotected Execution
 // instead of an error.
@@ -147,6 +152,11 @@ func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, e
 	for {
 		res, err := e.claim(ctx, key, token)
 		if err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				// The request ended while claiming: not an outage, and never
+				// a reason to run the handler unprotected.
+				return nil, nil, fmt.Errorf("idempotency: the request ended before its key was claimed: %w", ctxErr)
+			}
 			if e.cfg.failOpen {
 				e.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: store unavailable; running the handler unprotected",
 					slog.String("key_hash", keyHash(key)), slog.Any("error", err))
@@ -158,7 +168,7 @@ func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, e
 		}
 		switch res.State {
 		case StateClaimed:
-			return e.newExecution(ctx, key, token, req.Fingerprint), nil, nil
+			return e.newExecution(ctx, key, token, req), nil, nil
 		case StateCompleted:
 			rec, err := e.decode(key, res.Record)
 			if err != nil {
@@ -267,6 +277,7 @@ type Execution struct {
 	e     *Engine
 	key   string
 	token string
+	route string
 	fp    Fingerprint
 	ctx   context.Context
 
@@ -281,8 +292,8 @@ type Execution struct {
 	renewing sync.WaitGroup
 }
 
-func (e *Engine) newExecution(ctx context.Context, key, token string, fp Fingerprint) *Execution {
-	x := &Execution{e: e, key: key, token: token, fp: fp, ctx: context.WithoutCancel(ctx)}
+func (e *Engine) newExecution(ctx context.Context, key, token string, req Request) *Execution {
+	x := &Execution{e: e, key: key, token: token, route: req.Route, fp: req.Fingerprint, ctx: context.WithoutCancel(ctx)}
 	e.renewals.add(x, e.renewals.now())
 	return x
 }
@@ -374,9 +385,12 @@ func (x *Execution) Complete(rec *Record) error {
 	code := connect.Code(0)
 	if rec.Error != nil {
 		code = connect.Code(rec.Error.Code)
+		if rec.Status == 0 {
+			rec.Status = protorec.HTTPStatus(rec.Error.Code)
+		}
 	}
 	if !cfg.policy(Outcome{Status: rec.Status, Code: code}) {
-		return x.release()
+		return x.skip(ReasonPolicy)
 	}
 	rec.fingerprint = x.fp
 	buf := getBuffer()
@@ -405,10 +419,34 @@ func (x *Execution) Complete(rec *Record) error {
 
 // Release ends the claim without storing anything, so that a retry runs
 // the handler again. It runs on a context detached from the request's
-// cancellation, and logs a failure.
+// cancellation, and logs a failure. An adapter that does not store a
+// guarded response calls [Execution.Skip] instead, which says why.
 func (x *Execution) Release() error {
 	if !x.end() {
 		return nil
+	}
+	return x.release()
+}
+
+// Skip ends the claim without storing the response, for reason (one of the
+// Reason constants, or an adapter's own short word), as [Execution.Release]
+// does, and logs at Warn that a guarded response was not stored and why,
+// so that an endpoint whose responses are never stored does not look
+// protected. The log is bounded: per route and reason, the first line of
+// each minute, with the count of those left out before it.
+func (x *Execution) Skip(reason string) error {
+	if !x.end() {
+		return nil
+	}
+	return x.skip(reason)
+}
+
+func (x *Execution) skip(reason string) error {
+	if n, ok := x.e.skipped.admit(x.route, reason, x.e.renewals.now()); ok {
+		x.e.cfg.logger.LogAttrs(x.ctx, slog.LevelWarn,
+			"idempotency: response not stored; a retry runs the handler again",
+			slog.String("reason", reason), slog.String("route", x.route),
+			slog.String("key_hash", keyHash(x.key)), slog.Int("left_out_before", n))
 	}
 	return x.release()
 }

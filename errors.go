@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -68,6 +69,12 @@ func infoOf(err error) (errorInfo, bool) {
 		return errorInfo{http.StatusRequestEntityTooLarge, connect.CodeResourceExhausted, StatusBodyTooLarge, "Request body too large"}, true
 	case errors.Is(err, ErrStoreUnavailable):
 		return errorInfo{http.StatusServiceUnavailable, connect.CodeUnavailable, StatusStoreUnavailable, "Idempotency store unavailable"}, true
+	// The request's own context ended while the engine worked for it: the
+	// request's end, not a failure of the library.
+	case errors.Is(err, context.Canceled):
+		return errorInfo{499, connect.CodeCanceled, "", "Request canceled"}, true
+	case errors.Is(err, context.DeadlineExceeded):
+		return errorInfo{http.StatusGatewayTimeout, connect.CodeDeadlineExceeded, "", "Request deadline exceeded"}, true
 	}
 	return errorInfo{}, false
 }

@@ -5,6 +5,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"unsafe"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/idemkey/idempotency/internal/protorec"
 )
 
 // A Fingerprint identifies a request's payload: a SHA-256 over
@@ -90,3 +94,20 @@ func storageKey(scope, route, key string) string {
 // [ParseKey] returns it. Operators use it to inspect or forget a key
 // ([Inspector], [Forgetter]) without the store ever seeing the raw key.
 func StorageKey(scope, route, key string) string { return storageKey(scope, route, key) }
+
+// FingerprintMessage is the fingerprint the RPC adapters give a request: a
+// hash of its route (the procedure) and of the deterministic binary form of
+// its message, which is the same whether the client sent JSON or binary.
+func FingerprintMessage(route string, msg proto.Message) (Fingerprint, error) {
+	buf := getBuffer()
+	defer putBuffer(buf)
+	b, err := protorec.AppendDeterministic((*buf)[:0], msg)
+	if err != nil {
+		return Fingerprint{}, err
+	}
+	*buf = b
+	var f Fingerprinter
+	f.AddString(route)
+	f.AddBytes(b)
+	return f.Sum(), nil
+}

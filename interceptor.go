@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/http"
-	"net/textproto"
 	"strings"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -143,7 +140,7 @@ func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next co
 		Key:   key,
 	}
 	if i.cfg.fingerprint {
-		if r.Fingerprint, err = fingerprintMessage(procedure, msg); err != nil {
+		if r.Fingerprint, err = FingerprintMessage(procedure, msg); err != nil {
 			return nil, connect.NewError(connect.CodeInvalidArgument, err)
 		}
 	}
@@ -159,22 +156,6 @@ func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next co
 	return i.execute(ctx, req, next, exec)
 }
 
-// fingerprintMessage hashes the procedure and the deterministic binary form
-// of msg, which is the same whether the client sent JSON or binary.
-func fingerprintMessage(procedure string, msg proto.Message) (Fingerprint, error) {
-	buf := getBuffer()
-	defer putBuffer(buf)
-	b, err := proto.MarshalOptions{Deterministic: true, AllowPartial: true}.MarshalAppend((*buf)[:0], msg)
-	if err != nil {
-		return Fingerprint{}, errors.New("idempotency: the request message cannot be encoded to fingerprint it")
-	}
-	*buf = b
-	var f Fingerprinter
-	f.AddString(procedure)
-	f.AddBytes(b)
-	return f.Sum(), nil
-}
-
 // execute runs the handler under the claim and records its outcome before
 // returning it.
 func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next connect.UnaryFunc, exec *Execution) (connect.AnyResponse, error) {
@@ -184,27 +165,48 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 		// claim so that a retry runs again, and let the panic go on with
 		// its stack intact.
 		if !returned {
-			_ = exec.Release()
+			_ = exec.Skip(ReasonPanic)
 		}
 	}()
 	res, err := next(ctx, req)
 	returned = true
 
-	if contextEnded(ctx, err) {
-		_ = exec.Release()
-		return res, err
+	// Complete and Skip log their failures; the client gets its answer
+	// regardless.
+	info, _ := connect.CallInfoForHandlerContext(ctx)
+	switch {
+	case contextEnded(ctx, err):
+		_ = exec.Skip(ReasonContextEnded)
+	case err != nil:
+		rec := i.errorRecord(info, err)
+		_ = exec.Complete(&rec)
+	default:
+		msg, ok := anyMessage(res)
+		if !ok {
+			_ = exec.Skip(ReasonNotEncodable)
+			break
+		}
+		// connect-go sends the headers and trailers set through the call
+		// info first, then those of the response; the client sees both.
+		var rec Record
+		if info != nil {
+			rec.Header = i.engine.AppendMetadata(rec.Header, info.ResponseHeader())
+			rec.Trailer = i.engine.AppendMetadata(rec.Trailer, info.ResponseTrailer())
+		}
+		rec.Header = i.engine.AppendMetadata(rec.Header, res.Header())
+		rec.Trailer = i.engine.AppendMetadata(rec.Trailer, res.Trailer())
+		_ = exec.CompleteMessage(&rec, msg)
 	}
-	// The record's body is encoded into buf, which Complete does not keep.
-	buf := getBuffer()
-	defer putBuffer(buf)
-	rec, ok := i.record(ctx, req, res, err, buf)
-	if !ok {
-		_ = exec.Release()
-		return res, err
-	}
-	// Complete logs its failures; the client gets its answer regardless.
-	_ = exec.Complete(&rec)
 	return res, err
+}
+
+// anyMessage returns a response's message, if it has a protobuf one.
+func anyMessage(res connect.AnyResponse) (proto.Message, bool) {
+	if res == nil {
+		return nil, false
+	}
+	msg, ok := res.Any().(proto.Message)
+	return msg, ok && msg != nil
 }
 
 // contextEnded reports whether the handler returned because its request's
@@ -221,63 +223,17 @@ func contextEnded(ctx context.Context, err error) bool {
 	return code == connect.CodeCanceled || code == connect.CodeDeadlineExceeded
 }
 
-// record builds the record of a handler's outcome, as its client sees it.
-// It reports false when the outcome must not be stored. A response's body
-// is encoded into buf, so the record must not outlive buf's return to the
-// pool.
-func (i *Interceptor) record(ctx context.Context, req connect.AnyRequest, res connect.AnyResponse, err error, buf *[]byte) (Record, bool) {
-	info, _ := connect.CallInfoForHandlerContext(ctx)
-	if err != nil {
-		return i.errorRecord(info, err), true
-	}
-	if res == nil {
-		return Record{}, false
-	}
-	msg, ok := res.Any().(proto.Message)
-	if !ok {
-		return Record{}, false
-	}
-	body, encoded := appendMessageJSON((*buf)[:0], msg.ProtoReflect())
-	var mErr error
-	if !encoded {
-		body, mErr = protojson.MarshalOptions{}.MarshalAppend((*buf)[:0], msg)
-	}
-	if mErr != nil {
-		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response cannot be encoded; it was not stored",
-			slog.String("procedure", req.Spec().Procedure), slog.Any("error", mErr))
-		return Record{}, false
-	}
-	*buf = body // so that the pool keeps what the encoding grew
-	if int64(len(body)) > i.cfg.maxResponse {
-		i.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: response is over the size limit; it was not stored",
-			slog.String("procedure", req.Spec().Procedure), slog.Int("size", len(body)))
-		return Record{}, false
-	}
-	rec := Record{
-		Status:  http.StatusOK,
-		Message: string(msg.ProtoReflect().Descriptor().FullName()),
-		Body:    body,
-	}
-	// connect-go sends the headers and trailers set through the call info
-	// first, then those of the response; the client sees both.
-	if info != nil {
-		rec.Header = i.visible(rec.Header, info.ResponseHeader())
-		rec.Trailer = i.visible(rec.Trailer, info.ResponseTrailer())
-	}
-	rec.Header = i.visible(rec.Header, res.Header())
-	rec.Trailer = i.visible(rec.Trailer, res.Trailer())
-	return rec, true
-}
-
-// errorRecord builds the record of a handler error. Its Header holds what
-// the client sees as the error's metadata apart from trailers: the headers
-// set through the call info, then the error's own metadata.
+// errorRecord builds the record of a handler error: the headers and
+// trailers set through the call info in Header and Trailer, and the
+// error's own metadata apart, because the protocols send the two in
+// different places (on gRPC, the metadata of an error goes in the
+// trailers).
 func (i *Interceptor) errorRecord(info connect.CallInfo, err error) Record {
 	e := &ErrorRecord{Code: uint32(connect.CodeUnknown), Message: err.Error()}
 	rec := Record{Error: e}
 	if info != nil {
-		rec.Header = i.visible(rec.Header, info.ResponseHeader())
-		rec.Trailer = i.visible(rec.Trailer, info.ResponseTrailer())
+		rec.Header = i.engine.AppendMetadata(rec.Header, info.ResponseHeader())
+		rec.Trailer = i.engine.AppendMetadata(rec.Trailer, info.ResponseTrailer())
 	}
 	var ce *connect.Error
 	switch {
@@ -290,72 +246,14 @@ func (i *Interceptor) errorRecord(info connect.CallInfo, err error) Record {
 		// connect-go drops the metadata of an error that came from another
 		// server, so its client never sees it.
 		if !connect.IsWireError(ce) {
-			rec.Header = i.visible(rec.Header, ce.Meta())
+			e.Meta = i.engine.AppendMetadata(nil, ce.Meta())
 		}
 	case errors.Is(err, context.Canceled):
 		e.Code = uint32(connect.CodeCanceled)
 	case errors.Is(err, context.DeadlineExceeded):
 		e.Code = uint32(connect.CodeDeadlineExceeded)
 	}
-	rec.Status = httpStatusOf(connect.Code(e.Code))
 	return rec
-}
-
-// visible appends to dst the entries of from that connect-go sends to the
-// client and that may be replayed: everything but protocol, hop-by-hop and
-// credential headers, and the replay header, which only a replay carries.
-func (i *Interceptor) visible(dst, from http.Header) http.Header {
-	for k, vs := range from {
-		if len(vs) == 0 || !i.storable(k) {
-			continue
-		}
-		if dst == nil {
-			dst = make(http.Header, len(from))
-		}
-		dst[k] = append(dst[k], vs...)
-	}
-	return dst
-}
-
-func (i *Interceptor) storable(name string) bool {
-	name = textproto.CanonicalMIMEHeaderKey(name)
-	if NeverStored(name) || name == i.cfg.replayHeader {
-		return false
-	}
-	switch name {
-	case "Content-Type", "Content-Encoding", "Accept-Encoding", "Date", "Host", "User-Agent":
-		return false
-	}
-	return !strings.HasPrefix(name, "Connect-") && !strings.HasPrefix(name, "Grpc-")
-}
-
-// httpStatusOf is the HTTP status that the Connect protocol answers a code
-// with.
-func httpStatusOf(code connect.Code) int {
-	switch code {
-	case connect.CodeCanceled:
-		return 499
-	case connect.CodeInvalidArgument, connect.CodeFailedPrecondition, connect.CodeOutOfRange:
-		return http.StatusBadRequest
-	case connect.CodeDeadlineExceeded:
-		return http.StatusGatewayTimeout
-	case connect.CodeNotFound:
-		return http.StatusNotFound
-	case connect.CodeAlreadyExists, connect.CodeAborted:
-		return http.StatusConflict
-	case connect.CodePermissionDenied:
-		return http.StatusForbidden
-	case connect.CodeResourceExhausted:
-		return http.StatusTooManyRequests
-	case connect.CodeUnimplemented:
-		return http.StatusNotImplemented
-	case connect.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	case connect.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	default: // Unknown, Internal, DataLoss and codes from the future
-		return http.StatusInternalServerError
-	}
 }
 
 // libraryError turns one of the package's errors into what the client
@@ -383,6 +281,8 @@ func (i *Interceptor) libraryError(err error) *connect.Error {
 		msg = "this idempotency key was already used for a different request: send a new key for a new request, or the same request to retry"
 	case errors.Is(err, ErrStoreUnavailable):
 		msg = "the idempotency store is unavailable: retry later with the same key"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(code, err)
 	default:
 		msg = "idempotency: internal error"
 	}

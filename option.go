@@ -77,7 +77,7 @@ func newConfig(opts []Option) *config {
 		maxBody:        DefaultMaxBodySize,
 		maxResponse:    DefaultMaxResponseSize,
 		storedHeaders:  []string{"Content-Type", "Content-Encoding", "Content-Language", "Location"},
-		policy:         StoreAll,
+		policy:         StoreProcessed,
 		fingerprint:    true,
 		maxRetries:     DefaultMaxRetries,
 		backoffInitial: DefaultBackoffInitial,
@@ -301,7 +301,8 @@ func NeverStored(name string) bool {
 
 // WithStorePolicy decides which completed responses are stored and
 // replayed; the others are released, so a retry runs the handler again.
-// By default, it is [StoreAll].
+// By default, it is [StoreProcessed]: every answer but 429 and 503 (and the
+// RPC codes ResourceExhausted and Unavailable).
 func WithStorePolicy(policy StorePolicy) Option {
 	return optionFunc(func(c *config) {
 		if policy == nil {
@@ -375,6 +376,18 @@ type StorePolicy func(Outcome) bool
 
 // StoreAll stores every completed response, whatever its status or code.
 func StoreAll(Outcome) bool { return true }
+
+// StoreProcessed, the default policy, stores every completed response
+// (errors and 500 included, as Stripe does) except the answers that by
+// their definition mean "not processed, try again later": 429 Too Many
+// Requests and 503 Service Unavailable, and for the RPC adapters
+// ResourceExhausted and Unavailable, which map to them. Storing those would
+// turn a rate limit, or a gateway whose backend is down, into a refusal
+// for the record's whole life.
+func StoreProcessed(o Outcome) bool {
+	return o.Status != http.StatusTooManyRequests && o.Status != http.StatusServiceUnavailable &&
+		o.Code != connect.CodeResourceExhausted && o.Code != connect.CodeUnavailable
+}
 
 // StoreSuccess stores only responses with a status below 400 (and, for the
 // interceptor, no error).

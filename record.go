@@ -1,7 +1,6 @@
 package idempotency
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +10,9 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/idemkey/idempotency/internal/protorec"
 )
 
 // recordVersion is the version of the record format this package writes
@@ -19,23 +21,25 @@ import (
 const recordVersion = 1
 
 // A Record is a completed response, as the adapters store and replay it.
-// One format serves both: the middleware fills Status, Header and Body; the
-// interceptor fills Message and Body (protojson), or Error, and Header and
-// Trailer.
+// One format serves every adapter: the middleware fills Status, Header and
+// Body; the RPC adapters fill Message and Body (protojson), or Error, and
+// Header and Trailer. Every string is kept byte for byte, including bytes
+// that are not UTF-8.
 type Record struct {
-	// Status is the HTTP status, or for the interceptor the status that the
-	// error's code maps to (200 for a response).
+	// Status is the HTTP status, or for the RPC adapters the status that
+	// the error's code maps to (200 for a response).
 	Status int
-	// Header holds the stored response headers.
+	// Header holds the stored response headers (RPC: the response header
+	// metadata, apart from an error's own metadata).
 	Header http.Header
 	// Trailer holds the stored response trailers.
 	Trailer http.Header
-	// Body holds the response body bytes exactly as written; for the
-	// interceptor, the response message in protojson.
+	// Body holds the response body bytes exactly as written; for the RPC
+	// adapters, the response message in protojson.
 	Body []byte
-	// Message is the full name of the response message (interceptor).
+	// Message is the full name of the response message (RPC adapters).
 	Message string
-	// Error is the handler's error (interceptor).
+	// Error is the handler's error (RPC adapters).
 	Error *ErrorRecord
 
 	fingerprint Fingerprint
@@ -45,16 +49,25 @@ type Record struct {
 	memo *recordMemo
 }
 
-// recordMemo is the interceptor's decoded response message.
+// recordMemo keeps the decoded response message of a record, as the
+// template that every replay copies: the template itself never leaves the
+// record.
 type recordMemo struct {
 	message atomic.Pointer[proto.Message]
 }
 
-// An ErrorRecord is a stored [connect.Error].
+// An ErrorRecord is a stored RPC error: a [connect.Error] or a gRPC status.
 type ErrorRecord struct {
-	Code    uint32
+	// Code is the error code (Connect and gRPC codes share their numbers).
+	Code uint32
+	// Message is the error's message, byte for byte.
 	Message string
+	// Details are the error's details, in order.
 	Details []ErrorDetail
+	// Meta is the error's own metadata (a Connect v1 error's Meta), which
+	// the protocols send apart from the headers the handler set: a replay
+	// puts it back on the error, and the headers back where they were.
+	Meta http.Header
 }
 
 // An ErrorDetail is one stored error detail: a protobuf Any's type URL
@@ -68,21 +81,32 @@ type ErrorDetail struct {
 var errCorruptRecord = errors.New("idempotency: corrupt record")
 
 // wireRecord is the JSON shape of a record.
+//
+// JSON strings hold UTF-8 only, so a header whose name or values are not
+// valid UTF-8 goes to the "x" form beside its map ("hx", "tx"): a list of
+// entries, each its name then its values, base64-encoded; an error message
+// that is not valid UTF-8 goes to "msgx", base64-encoded. A reader that does
+// not know these fields replays without them.
 type wireRecord struct {
 	V       int                 `json:"v"`
 	FP      []byte              `json:"fp,omitempty"`
 	Status  int                 `json:"s"`
 	Header  map[string][]string `json:"h,omitempty"`
+	HeaderX [][][]byte          `json:"hx,omitempty"`
 	Trailer map[string][]string `json:"t,omitempty"`
+	TrailX  [][][]byte          `json:"tx,omitempty"`
 	Body    []byte              `json:"b,omitempty"`
 	Message string              `json:"m,omitempty"`
 	Error   *wireError          `json:"e,omitempty"`
 }
 
 type wireError struct {
-	Code    uint32       `json:"c"`
-	Message string       `json:"msg,omitempty"`
-	Details []wireDetail `json:"d,omitempty"`
+	Code     uint32              `json:"c"`
+	Message  string              `json:"msg,omitempty"`
+	MessageX []byte              `json:"msgx,omitempty"`
+	Details  []wireDetail        `json:"d,omitempty"`
+	Meta     map[string][]string `json:"h,omitempty"`
+	MetaX    [][][]byte          `json:"hx,omitempty"`
 }
 
 type wireDetail struct {
@@ -98,32 +122,31 @@ func appendRecord(dst []byte, r *Record) []byte {
 	dst = strconv.AppendInt(dst, recordVersion, 10)
 	if r.fingerprint != (Fingerprint{}) {
 		dst = append(dst, `,"fp":`...)
-		dst = appendBase64(dst, r.fingerprint[:])
+		dst = protorec.AppendBase64(dst, r.fingerprint[:])
 	}
 	dst = append(dst, `,"s":`...)
 	dst = strconv.AppendInt(dst, int64(r.Status), 10)
-	if len(r.Header) > 0 {
-		dst = append(dst, `,"h":`...)
-		dst = appendHeader(dst, r.Header)
-	}
-	if len(r.Trailer) > 0 {
-		dst = append(dst, `,"t":`...)
-		dst = appendHeader(dst, r.Trailer)
-	}
+	dst = appendHeader(dst, `,"h":`, `,"hx":`, r.Header)
+	dst = appendHeader(dst, `,"t":`, `,"tx":`, r.Trailer)
 	if len(r.Body) > 0 {
 		dst = append(dst, `,"b":`...)
-		dst = appendBase64(dst, r.Body)
+		dst = protorec.AppendBase64(dst, r.Body)
 	}
 	if r.Message != "" {
 		dst = append(dst, `,"m":`...)
-		dst = appendString(dst, r.Message)
+		dst = protorec.AppendString(dst, r.Message)
 	}
 	if e := r.Error; e != nil {
 		dst = append(dst, `,"e":{"c":`...)
 		dst = strconv.AppendUint(dst, uint64(e.Code), 10)
-		if e.Message != "" {
+		switch {
+		case e.Message == "":
+		case utf8.ValidString(e.Message):
 			dst = append(dst, `,"msg":`...)
-			dst = appendString(dst, e.Message)
+			dst = protorec.AppendString(dst, e.Message)
+		default:
+			dst = append(dst, `,"msgx":`...)
+			dst = protorec.AppendBase64(dst, []byte(e.Message))
 		}
 		if len(e.Details) > 0 {
 			dst = append(dst, `,"d":[`...)
@@ -132,88 +155,104 @@ func appendRecord(dst []byte, r *Record) []byte {
 					dst = append(dst, ',')
 				}
 				dst = append(dst, `{"t":`...)
-				dst = appendString(dst, d.Type)
+				dst = protorec.AppendString(dst, d.Type)
 				dst = append(dst, `,"v":`...)
-				dst = appendBase64(dst, d.Value)
+				dst = protorec.AppendBase64(dst, d.Value)
 				dst = append(dst, '}')
 			}
 			dst = append(dst, ']')
 		}
+		dst = appendHeader(dst, `,"h":`, `,"hx":`, e.Meta)
 		dst = append(dst, '}')
 	}
 	return append(dst, '}')
 }
 
-func appendHeader(dst []byte, h http.Header) []byte {
-	dst = append(dst, '{')
-	first := true
+// appendHeader appends h under the field name plain (with its comma), and
+// the entries that are not valid UTF-8 under exact, in the "x" form. An
+// empty header appends nothing.
+func appendHeader(dst []byte, plain, exact string, h http.Header) []byte {
+	if len(h) == 0 {
+		return dst
+	}
+	n, inexact := 0, 0
 	for k, vs := range h {
-		if !first {
+		if !validEntry(k, vs) {
+			inexact++
+			continue
+		}
+		if n == 0 {
+			dst = append(dst, plain...)
+			dst = append(dst, '{')
+		} else {
 			dst = append(dst, ',')
 		}
-		first = false
-		dst = appendString(dst, k)
+		n++
+		dst = protorec.AppendString(dst, k)
 		dst = append(dst, ':', '[')
 		for i, v := range vs {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendString(dst, v)
+			dst = protorec.AppendString(dst, v)
 		}
 		dst = append(dst, ']')
 	}
-	return append(dst, '}')
-}
-
-func appendBase64(dst, b []byte) []byte {
-	dst = append(dst, '"')
-	dst = base64.StdEncoding.AppendEncode(dst, b)
-	return append(dst, '"')
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as
-// encoding/json does.
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		i += size
+	if n > 0 {
+		dst = append(dst, '}')
 	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
+	if inexact == 0 {
+		return dst
+	}
+	dst = append(dst, exact...)
+	dst = append(dst, '[')
+	n = 0
+	for k, vs := range h {
+		if validEntry(k, vs) {
+			continue
+		}
+		if n > 0 {
+			dst = append(dst, ',')
+		}
+		n++
+		dst = append(dst, '[')
+		dst = protorec.AppendBase64(dst, []byte(k))
+		for _, v := range vs {
+			dst = append(dst, ',')
+			dst = protorec.AppendBase64(dst, []byte(v))
+		}
+		dst = append(dst, ']')
+	}
+	return append(dst, ']')
+}
+
+func validEntry(k string, vs []string) bool {
+	if !utf8.ValidString(k) {
+		return false
+	}
+	for _, v := range vs {
+		if !utf8.ValidString(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// exactHeader merges the "x" form of a header into h, made on first use.
+func exactHeader(h http.Header, x [][][]byte) (http.Header, error) {
+	for _, entry := range x {
+		if len(entry) == 0 {
+			return nil, fmt.Errorf("%w: header entry without a name", errCorruptRecord)
+		}
+		if h == nil {
+			h = make(http.Header, len(x))
+		}
+		k := string(entry[0])
+		for _, v := range entry[1:] {
+			h[k] = append(h[k], string(v))
+		}
+	}
+	return h, nil
 }
 
 // decodeRecord decodes a stored record. Every failure wraps
@@ -242,13 +281,52 @@ func decodeRecord(data []byte) (*Record, error) {
 		Message: w.Message,
 	}
 	copy(r.fingerprint[:], w.FP)
+	var err error
+	if r.Header, err = exactHeader(r.Header, w.HeaderX); err != nil {
+		return nil, err
+	}
+	if r.Trailer, err = exactHeader(r.Trailer, w.TrailX); err != nil {
+		return nil, err
+	}
 	if e := w.Error; e != nil {
-		r.Error = &ErrorRecord{Code: e.Code, Message: e.Message}
+		r.Error = &ErrorRecord{Code: e.Code, Message: e.Message, Meta: e.Meta}
+		if e.MessageX != nil {
+			r.Error.Message = string(e.MessageX)
+		}
 		for _, d := range e.Details {
 			r.Error.Details = append(r.Error.Details, ErrorDetail(d))
 		}
+		if r.Error.Meta, err = exactHeader(r.Error.Meta, e.MetaX); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
+}
+
+// ResponseMessage returns the record's response message (RPC adapters),
+// decoded from the registry by its stored name, or through output, the
+// procedure's response descriptor, for a type the registry lacks. Every
+// call returns a message of its own, which the caller may change: a record
+// decoded from a store keeps its decoded message as a template and hands
+// out copies, so a hot key is decoded once.
+func (r *Record) ResponseMessage(output protoreflect.MessageDescriptor) (proto.Message, error) {
+	if r.Message == "" {
+		return nil, fmt.Errorf("%w: the record holds neither a message nor an error", protorec.ErrCorrupt)
+	}
+	if r.memo != nil {
+		if m := r.memo.message.Load(); m != nil {
+			return proto.Clone(*m), nil
+		}
+	}
+	msg, err := protorec.DecodeMessage(r.Message, r.Body, output)
+	if err != nil {
+		return nil, err
+	}
+	if r.memo == nil {
+		return msg, nil
+	}
+	r.memo.message.Store(&msg)
+	return proto.Clone(msg), nil
 }
 
 // DecodeRecord decodes a stored record, as [Inspector.Inspect] returns it,

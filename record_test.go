@@ -67,13 +67,28 @@ func TestRecordRoundTrip(t *testing.T) {
 	}
 }
 
-func TestRecordInvalidUTF8Header(t *testing.T) {
+// TestRecordKeepsBytesThatAreNotUTF8 checks that header, trailer and
+// metadata names and values and error messages come back byte for byte
+// (SPEC §5.1), in a record that is still JSON.
+func TestRecordKeepsBytesThatAreNotUTF8(t *testing.T) {
 	t.Parallel()
-	data := appendRecord(nil, &Record{Status: 200, Header: http.Header{"X-Bad": {"a\xffb"}}})
-	require.True(t, json.Valid(data))
+	rec := &Record{
+		Status:  500,
+		Header:  http.Header{"X-Bad": {"a\xffb", "ok"}, "X-Good": {"fine"}, "X-\xfe": {"v"}},
+		Trailer: http.Header{"X-T": {"\xc3"}},
+		Error: &ErrorRecord{
+			Code: 13, Message: "broken \xff message",
+			Meta: http.Header{"X-Meta": {"\xe2\x80"}, "X-Plain": {"p"}},
+		},
+	}
+	data := appendRecord(nil, rec)
+	require.True(t, json.Valid(data), "%s", data)
 	got, err := decodeRecord(data)
 	require.NoError(t, err)
-	assert.Equal(t, "a\ufffdb", got.Header.Get("X-Bad"))
+	assert.Equal(t, rec.Header, got.Header)
+	assert.Equal(t, rec.Trailer, got.Trailer)
+	assert.Equal(t, rec.Error.Message, got.Error.Message)
+	assert.Equal(t, rec.Error.Meta, got.Error.Meta)
 }
 
 func TestDecodeRecordRejectsDamage(t *testing.T) {

@@ -8,11 +8,11 @@ import (
 	"net/http"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/idemkey/idempotency/internal/protorec"
 )
 
 // replayed is the message of a replayed response. A replay is built from
@@ -28,7 +28,7 @@ func (r *replayed) Unwrap() proto.Message { return r.Message }
 
 // errCorruptReplay wraps every reason why a stored record cannot be
 // replayed as a Connect response.
-var errCorruptReplay = errors.New("idempotency: stored response cannot be replayed")
+var errCorruptReplay = protorec.ErrCorrupt
 
 // replay answers a request from a stored record, exactly as a unary
 // function would: a response, or the stored handler error. A record that
@@ -56,19 +56,15 @@ func (i *Interceptor) replay(ctx context.Context, spec connect.Spec, req *Reques
 }
 
 // replayedResponse rebuilds a stored response message, with its headers,
-// trailers and the replay header.
+// trailers and the replay header. Every replay gets a message and header
+// values of its own, so an outer interceptor that edits what it returns
+// never changes what another replay sends.
 func (i *Interceptor) replayedResponse(spec connect.Spec, rec *Record) (connect.AnyResponse, error) {
-	if rec.Message == "" {
-		return nil, fmt.Errorf("%w: the record holds neither a message nor an error", errCorruptReplay)
+	var output protoreflect.MessageDescriptor
+	if md, ok := spec.Schema.(protoreflect.MethodDescriptor); ok {
+		output = md.Output()
 	}
-	name := protoreflect.FullName(rec.Message)
-	if !name.IsValid() {
-		return nil, fmt.Errorf("%w: invalid message name %q", errCorruptReplay, rec.Message)
-	}
-	if md, ok := spec.Schema.(protoreflect.MethodDescriptor); ok && md.Output().FullName() != name {
-		return nil, fmt.Errorf("%w: stored %s, but the procedure answers %s", errCorruptReplay, name, md.Output().FullName())
-	}
-	msg, err := decodeMessage(rec, name)
+	msg, err := rec.ResponseMessage(output)
 	if err != nil {
 		return nil, err
 	}
@@ -78,49 +74,24 @@ func (i *Interceptor) replayedResponse(spec connect.Spec, rec *Record) (connect.
 		// Trailer makes a map on first use: most responses have none.
 		copyHeader(res.Trailer(), rec.Trailer)
 	}
-	res.Header()[i.cfg.replayHeader] = replayValue
+	res.Header()[i.cfg.replayHeader] = []string{"true"}
 	return res, nil
 }
 
-// decodeMessage returns the record's message, decoding it on first use.
-// The decoded message is kept on the record, which the engine shares
-// between replays of one stored response, so a hot key is decoded once;
-// replays share the message, which codecs only read.
-func decodeMessage(rec *Record, name protoreflect.FullName) (proto.Message, error) {
-	if rec.memo != nil {
-		if m := rec.memo.message.Load(); m != nil {
-			return *m, nil
-		}
-	}
-	mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("%w: message %s: %w", errCorruptReplay, name, err)
-	}
-	msg := mt.New().Interface()
-	if len(rec.Body) > 0 {
-		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(rec.Body, msg); err != nil {
-			return nil, fmt.Errorf("%w: message %s: %w", errCorruptReplay, name, err)
-		}
-	}
-	if rec.memo != nil {
-		rec.memo.message.Store(&msg)
-	}
-	return msg, nil
-}
-
-// replayedError rebuilds a stored handler error, with its details, its
-// metadata and the replay header in the metadata.
+// replayedError rebuilds a stored handler error, with its details and its
+// metadata, the replay header in its metadata, and the headers and
+// trailers set through the call info back in the call info, so that each
+// goes where the first answer sent it.
 func (i *Interceptor) replayedError(ctx context.Context, rec *Record) (*connect.Error, error) {
 	e := rec.Error
-	code := connect.Code(e.Code)
-	if code < connect.CodeCanceled || code > connect.CodeUnauthenticated {
+	if !protorec.ValidCode(e.Code) {
 		return nil, fmt.Errorf("%w: error code %d", errCorruptReplay, e.Code)
 	}
 	var cause error
 	if e.Message != "" {
 		cause = errors.New(e.Message)
 	}
-	ce := connect.NewError(code, cause)
+	ce := connect.NewError(connect.Code(e.Code), cause)
 	for _, d := range e.Details {
 		if d.Type == "" {
 			return nil, fmt.Errorf("%w: error detail without a type", errCorruptReplay)
@@ -131,24 +102,21 @@ func (i *Interceptor) replayedError(ctx context.Context, rec *Record) (*connect.
 		}
 		ce.AddDetail(detail)
 	}
-	copyHeader(ce.Meta(), rec.Header)
-	// connect-go sends the call info's trailers with an error, apart from
-	// its metadata; replaying them the same way keeps the wire alike.
+	copyHeader(ce.Meta(), e.Meta)
 	if info, ok := connect.CallInfoForHandlerContext(ctx); ok {
+		copyHeader(info.ResponseHeader(), rec.Header)
 		copyHeader(info.ResponseTrailer(), rec.Trailer)
 	} else {
+		copyHeader(ce.Meta(), rec.Header)
 		copyHeader(ce.Meta(), rec.Trailer)
 	}
 	ce.Meta().Set(i.cfg.replayHeader, "true")
 	return ce, nil
 }
 
-// replayValue is the replay header's value, shared by every replay: connect
-// only reads it.
-var replayValue = []string{"true"}
-
 // copyHeader copies stored headers, leaving out those that are never
-// replayed, even from a record that another writer put in the store.
+// replayed, even from a record that another writer put in the store. The
+// values are copied: the record is shared with other replays.
 func copyHeader(dst, src http.Header) {
 	for k, vs := range src {
 		if NeverStored(http.CanonicalHeaderKey(k)) {

@@ -34,7 +34,6 @@ type middleware struct {
 	methods      []string
 	keyHeader    string
 	replayHeader string
-	replayValue  []string
 	requireKey   bool
 	enforceUUID4 bool
 	fingerprint  bool
@@ -53,7 +52,6 @@ func newMiddleware(e *idempotency.Engine) *middleware {
 		replayHeader: s.ReplayHeader,
 		// The capacity of one makes an Add to this header copy the slice
 		// rather than write into the one that every replay shares.
-		replayValue:  []string{"true"}[:1:1],
 		requireKey:   s.RequireKey,
 		enforceUUID4: s.EnforceUUID4,
 		fingerprint:  s.Fingerprint,
@@ -191,14 +189,23 @@ func (m *middleware) readFailed(w http.ResponseWriter, err error) {
 // its status and its body, byte for byte.
 func (m *middleware) replay(w http.ResponseWriter, rec *idempotency.Record) {
 	h := w.Header()
+	// The record is shared with other replays: each gets values of its own,
+	// in one allocation, so that an outer handler that edits a value in
+	// place never changes what another replay sends.
+	n := 1
+	for _, values := range rec.Header {
+		n += len(values)
+	}
+	own := make([]string, 0, n)
 	for name, values := range rec.Header {
 		if !idempotency.NeverStored(http.CanonicalHeaderKey(name)) {
-			// The record is shared with other replays. Clipped, its values
-			// are copied by an Add rather than appended to in place.
-			h[name] = values[:len(values):len(values)]
+			start := len(own)
+			own = append(own, values...)
+			h[name] = own[start:len(own):len(own)]
 		}
 	}
-	h[m.replayHeader] = m.replayValue
+	own = append(own, "true")
+	h[m.replayHeader] = own[len(own)-1:]
 	w.WriteHeader(rec.Status)
 	if len(rec.Body) > 0 {
 		_, _ = w.Write(rec.Body)

@@ -1,6 +1,7 @@
-package idempotency
+package protorec
 
 import (
+	"encoding/base64"
 	"math"
 	"strconv"
 	"unicode/utf8"
@@ -8,12 +9,12 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// maxMessageDepth is how deeply nested a message appendMessageJSON encodes.
+// maxMessageDepth is how deeply nested a message AppendJSON encodes.
 // Deeper messages are rare enough to leave to protojson, and the limit bounds
 // the recursion whatever the message holds.
 const maxMessageDepth = 32
 
-// appendMessageJSON appends m in protojson form to dst. It reports false,
+// AppendJSON appends m in protojson form to dst. It reports false,
 // with dst unchanged in length, when m holds something it leaves to
 // protojson: the caller then uses protojson.Marshal.
 //
@@ -29,7 +30,7 @@ const maxMessageDepth = 32
 // required fields (which protojson checks); groups; the
 // google.protobuf.NullValue enum; strings, map keys and field names that
 // are not valid UTF-8; and nesting deeper than maxMessageDepth.
-func appendMessageJSON(dst []byte, m protoreflect.Message) ([]byte, bool) {
+func AppendJSON(dst []byte, m protoreflect.Message) ([]byte, bool) {
 	n := len(dst)
 	dst, ok := appendMessage(dst, m, 0)
 	if !ok {
@@ -65,7 +66,7 @@ func appendMessage(dst []byte, m protoreflect.Message, depth int) ([]byte, bool)
 		if !utf8.ValidString(name) {
 			return dst, false
 		}
-		dst = appendString(dst, name)
+		dst = AppendString(dst, name)
 		dst = append(dst, ':')
 		switch {
 		case fd.IsList():
@@ -214,7 +215,7 @@ func appendSingular(dst []byte, v protoreflect.Value, fd protoreflect.FieldDescr
 	case protoreflect.StringKind:
 		return appendValidString(dst, v.String())
 	case protoreflect.BytesKind:
-		return appendBase64(dst, v.Bytes()), true
+		return AppendBase64(dst, v.Bytes()), true
 	case protoreflect.EnumKind:
 		ed := fd.Enum()
 		if ed.FullName() == "google.protobuf.NullValue" {
@@ -244,7 +245,7 @@ func appendValidString(dst []byte, s string) ([]byte, bool) {
 	if !utf8.ValidString(s) {
 		return dst, false
 	}
-	return appendString(dst, s), true
+	return AppendString(dst, s), true
 }
 
 // appendFloat appends f as protojson writes a float of bitSize bits: the
@@ -260,4 +261,57 @@ func appendFloat(dst []byte, f float64, bitSize int) []byte {
 		return append(dst, `"-Infinity"`...)
 	}
 	return strconv.AppendFloat(dst, f, 'g', -1, bitSize)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as
+// encoding/json does.
+func AppendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// AppendBase64 appends b as a JSON string in standard base64, as
+// encoding/json and protojson write bytes.
+func AppendBase64(dst, b []byte) []byte {
+	dst = append(dst, '"')
+	dst = base64.StdEncoding.AppendEncode(dst, b)
+	return append(dst, '"')
 }

@@ -1,13 +1,11 @@
-package idempotency
+package protorec
 
 import (
 	"bytes"
-	"log/slog"
 	"math"
 	"testing"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -28,7 +26,7 @@ import (
 	testkindsv1 "github.com/idemkey/idempotency/internal/gen/idemkey/testkinds/v1"
 )
 
-// checkMessageJSON checks appendMessageJSON on m against protojson: either
+// checkMessageJSON checks AppendJSON on m against protojson: either
 // it declines, leaving what dst held untouched, or protojson accepts m and
 // decodes the encoder's output into a message equal to m (unknown fields
 // aside, which protojson drops too). It reports whether m was encoded.
@@ -36,7 +34,7 @@ func checkMessageJSON(t *testing.T, m proto.Message) bool {
 	t.Helper()
 	prefix := []byte(`{"before":1}`)
 	dst := append(make([]byte, 0, 16), prefix...)
-	got, ok := appendMessageJSON(dst, m.ProtoReflect())
+	got, ok := AppendJSON(dst, m.ProtoReflect())
 	if !ok {
 		assert.Equal(t, prefix, got, "a declined encoding must leave dst as it was")
 		return false
@@ -409,7 +407,7 @@ func TestAppendMessageJSON(t *testing.T) {
 			}
 			require.True(t, encoded, "want the message encoded")
 			if tt.wantJSON != "" {
-				got, _ := appendMessageJSON(nil, tt.msg.ProtoReflect())
+				got, _ := AppendJSON(nil, tt.msg.ProtoReflect())
 				assert.Equal(t, tt.wantJSON, string(got))
 			}
 		})
@@ -430,7 +428,7 @@ func TestAppendMessageJSONDeclinesWhatProtojsonRejects(t *testing.T) {
 	} {
 		_, err := protojson.Marshal(m)
 		require.Error(t, err, "protojson accepts %v", m)
-		got, ok := appendMessageJSON([]byte("x"), m.ProtoReflect())
+		got, ok := AppendJSON([]byte("x"), m.ProtoReflect())
 		assert.False(t, ok, "encoded %v, which protojson rejects", m)
 		assert.Equal(t, "x", string(got))
 	}
@@ -445,7 +443,7 @@ func mustAny(t *testing.T, m proto.Message) *anypb.Any {
 	return a
 }
 
-// FuzzMessageJSON checks appendMessageJSON against protojson on the
+// FuzzMessageJSON checks AppendJSON against protojson on the
 // messages that the fuzzer's bytes decode to: it declines, or protojson
 // accepts the message (so a message that protojson rejects is declined)
 // and decodes the encoding into an equal message. The string goes into a
@@ -488,7 +486,7 @@ func TestAppendMessageJSONAllocations(t *testing.T) {
 	buf := make([]byte, 0, 256)
 	allocs := testing.AllocsPerRun(100, func() {
 		var ok bool
-		buf, ok = appendMessageJSON(buf[:0], msg.ProtoReflect())
+		buf, ok = AppendJSON(buf[:0], msg.ProtoReflect())
 		if !ok {
 			t.Fatal("declined")
 		}
@@ -521,7 +519,7 @@ func BenchmarkMessageJSON(b *testing.B) {
 		{"ChargeResponse", &paymentsv1.ChargeResponse{ChargeId: "ch_1", Status: "succeeded", AmountCents: 1250}},
 		{"Kinds", benchKinds()},
 	} {
-		if _, ok := appendMessageJSON(nil, bm.msg.ProtoReflect()); !ok {
+		if _, ok := AppendJSON(nil, bm.msg.ProtoReflect()); !ok {
 			b.Fatalf("%s: declined", bm.name)
 		}
 		b.Run(bm.name+"/protojson.Marshal", func(b *testing.B) {
@@ -542,74 +540,12 @@ func BenchmarkMessageJSON(b *testing.B) {
 				}
 			}
 		})
-		b.Run(bm.name+"/appendMessageJSON", func(b *testing.B) {
+		b.Run(bm.name+"/AppendJSON", func(b *testing.B) {
 			b.ReportAllocs()
 			buf := make([]byte, 0, 1024)
 			for b.Loop() {
-				buf, _ = appendMessageJSON(buf[:0], bm.msg.ProtoReflect())
+				buf, _ = AppendJSON(buf[:0], bm.msg.ProtoReflect())
 			}
-		})
-	}
-}
-
-// TestRecordResponseBody checks the body that the interceptor records, on
-// both of its encoders: protojson decodes it into the response; a response
-// that protojson rejects is not stored, and the size limit still applies.
-func TestRecordResponseBody(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name     string
-		res      connect.AnyResponse
-		maxSize  int64
-		wantBody string // empty when nothing is stored
-		wantLog  string
-	}{
-		{
-			name:     "fast encoder",
-			res:      connect.NewResponse(&paymentsv1.ChargeResponse{ChargeId: "ch_1", Status: "succeeded", AmountCents: 1250}),
-			wantBody: `{"chargeId":"ch_1","status":"succeeded","amountCents":"1250"}`,
-		},
-		{
-			name:     "protojson for a well-known type",
-			res:      connect.NewResponse(&paymentsv1.ChargeResponse{ChargeId: "ch_1", CreatedAt: &timestamppb.Timestamp{Seconds: 1}}),
-			wantBody: `{"chargeId":"ch_1","createdAt":"1970-01-01T00:00:01Z"}`,
-		},
-		{
-			name:    "invalid UTF-8",
-			res:     connect.NewResponse(&paymentsv1.RefundResponse{Status: "refunded\xff"}),
-			wantLog: "response cannot be encoded",
-		},
-		{
-			name:    "over the size limit",
-			res:     connect.NewResponse(&paymentsv1.RefundResponse{Status: "refunded"}),
-			maxSize: 10,
-			wantLog: "over the size limit",
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			var logs bytes.Buffer
-			opts := []Option{WithLogger(slog.New(slog.NewTextHandler(&logs, nil)))}
-			if tt.maxSize > 0 {
-				opts = append(opts, WithMaxResponseSize(tt.maxSize))
-			}
-			i := &Interceptor{cfg: newConfig(opts)}
-			buf := getBuffer()
-			defer putBuffer(buf)
-			rec, ok := i.record(t.Context(), connect.NewRequest(&paymentsv1.RefundRequest{}), tt.res, nil, buf)
-			if tt.wantBody == "" {
-				assert.False(t, ok, "stored %v", rec)
-				assert.Contains(t, logs.String(), tt.wantLog)
-				return
-			}
-			require.True(t, ok, "not stored: %s", logs.String())
-			msg, _ := tt.res.Any().(proto.Message)
-			assert.Equal(t, string(msg.ProtoReflect().Descriptor().FullName()), rec.Message)
-			got := msg.ProtoReflect().New().Interface()
-			require.NoError(t, protojson.Unmarshal(rec.Body, got))
-			assert.True(t, proto.Equal(msg, got), "decoded %v", got)
-			assert.JSONEq(t, tt.wantBody, string(rec.Body))
 		})
 	}
 }
