@@ -32,9 +32,9 @@ const (
 // next minute, when it forgets them all, so routes with IDs in them cannot
 // grow it, nor the log, without bound.
 type logLimiter struct {
-	mu    sync.Mutex
-	seen  map[limiterKey]*limiterEntry
-	full  int64 // the minute the map became full in
+	mu   sync.Mutex
+	seen map[limiterKey]*limiterEntry
+	full int64 // the minute the map became full in
 }
 
 const (
