@@ -34,6 +34,8 @@ type Engine struct {
 	timed bool
 	// skipped bounds the warnings about responses that were not stored.
 	skipped logLimiter
+	// retryAfter is the in-flight hint, rendered once.
+	retryAfter string
 }
 
 // NewEngine returns an engine over store. It panics if store is nil or an
@@ -43,6 +45,7 @@ func NewEngine(store Store, opts ...Option) *Engine {
 		panic("idempotency: NewEngine: store must not be nil")
 	}
 	e := &Engine{store: store, cfg: newConfig(opts)}
+	e.retryAfter = e.Settings().RetryAfterSeconds()
 	e.renewals = newRenewals(e.cfg.lease / 3)
 	e.waiter, _ = store.(Waiter)
 	_, nonBlocking := store.(NonBlocking)
@@ -472,3 +475,10 @@ func putBuffer(b *[]byte) {
 		bufferPool.Put(b)
 	}
 }
+
+// Rejected reports a guarded request that an adapter refused before
+// [Engine.Begin] (a key that is invalid, or missing under
+// [WithRequireKey]; a request it cannot fingerprint), so that it is
+// observed like the engine's own decisions. err is what the adapter
+// answered with.
+func (e *Engine) Rejected(ctx context.Context, route string, err error) {}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 
 	"connectrpc.com/connect"
 )
@@ -91,4 +92,33 @@ func StatusOf(err error) (status int, label, title string, ok bool) {
 func CodeOf(err error) (code connect.Code, label string, ok bool) {
 	info, ok := infoOf(err)
 	return info.code, info.label, ok
+}
+
+// ErrorMessage is what the RPC adapters tell a client about one of the
+// library's errors: what happened and what to fix, in the engine's terms
+// (its key header, its UUID setting, its Retry-After hint), never the
+// error's causes, which may describe the store's internals. httpmw says
+// the same in its problem documents.
+func (e *Engine) ErrorMessage(err error) string {
+	c := e.cfg
+	switch {
+	case errors.Is(err, ErrKeyRequired):
+		return "this procedure requires an " + c.keyHeader + " header: send a unique key, such as a random UUID, and reuse it only to retry the same request"
+	case errors.Is(err, ErrInvalidKey):
+		reason := strings.TrimPrefix(err.Error(), ErrInvalidKey.Error()+": ")
+		if c.enforceUUID4 {
+			return "invalid " + c.keyHeader + " header: " + reason + "; send a random v4 UUID"
+		}
+		return "invalid " + c.keyHeader + " header: " + reason + "; send one value of 1 to 255 bytes without control characters"
+	case errors.Is(err, ErrInFlight):
+		return "a request with this idempotency key is still in progress: retry after " + e.retryAfter + " s with the same key to get its result"
+	case errors.Is(err, ErrFingerprintMismatch):
+		return "this idempotency key was already used for a different request: send a new key for a new request, or the same request to retry"
+	case errors.Is(err, ErrStoreUnavailable):
+		return "the idempotency store is unavailable: retry later with the same key"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err.Error()
+	default:
+		return "idempotency: internal error"
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
@@ -75,7 +74,7 @@ func NewInterceptor(store Store, opts ...Option) *Interceptor {
 		panic("idempotency: NewInterceptor: store must not be nil")
 	}
 	e := NewEngine(store, opts...)
-	return &Interceptor{engine: e, cfg: e.cfg, retryAfter: e.Settings().RetryAfterSeconds()}
+	return &Interceptor{engine: e, cfg: e.cfg, retryAfter: e.retryAfter}
 }
 
 // WrapUnary guards the handler side of unary calls.
@@ -116,10 +115,12 @@ func guards(cfg *config, spec connect.Spec) bool {
 func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next connect.UnaryFunc) (connect.AnyResponse, error) {
 	key, err := i.engine.Key(req.Header())
 	if err != nil {
+		i.engine.Rejected(ctx, req.Spec().Procedure, err)
 		return nil, i.libraryError(err)
 	}
 	if key == "" {
 		if i.cfg.requireKey {
+			i.engine.Rejected(ctx, req.Spec().Procedure, ErrKeyRequired)
 			return nil, i.libraryError(ErrKeyRequired)
 		}
 		return next(ctx, req)
@@ -265,28 +266,10 @@ func (i *Interceptor) libraryError(err error) *connect.Error {
 	if !ok {
 		code = connect.CodeInternal
 	}
-	var msg string
-	switch {
-	case errors.Is(err, ErrKeyRequired):
-		msg = "this procedure requires an " + i.cfg.keyHeader + " header: send a unique key, such as a random UUID, and reuse it only to retry the same request"
-	case errors.Is(err, ErrInvalidKey):
-		reason := strings.TrimPrefix(err.Error(), ErrInvalidKey.Error()+": ")
-		msg = "invalid " + i.cfg.keyHeader + " header: " + reason + "; send one value of 1 to 255 bytes without control characters"
-		if i.cfg.enforceUUID4 {
-			msg = "invalid " + i.cfg.keyHeader + " header: " + reason + "; send a random v4 UUID"
-		}
-	case errors.Is(err, ErrInFlight):
-		msg = "a request with this idempotency key is still in progress: retry after " + i.retryAfter + " s with the same key to get its result"
-	case errors.Is(err, ErrFingerprintMismatch):
-		msg = "this idempotency key was already used for a different request: send a new key for a new request, or the same request to retry"
-	case errors.Is(err, ErrStoreUnavailable):
-		msg = "the idempotency store is unavailable: retry later with the same key"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return connect.NewError(code, err)
-	default:
-		msg = "idempotency: internal error"
 	}
-	ce := connect.NewError(code, &clientError{msg: msg, err: err})
+	ce := connect.NewError(code, &clientError{msg: i.engine.ErrorMessage(err), err: err})
 	if label != "" {
 		ce.Meta().Set(StatusHeader, label)
 	}
