@@ -75,6 +75,17 @@ type Settings struct {
 	Logger            *slog.Logger
 }
 
+// Guards reports whether an RPC adapter guards a unary procedure: by
+// [WithProcedureFilter] when set, otherwise when the procedure's
+// idempotency level is neither NO_SIDE_EFFECTS nor IDEMPOTENT (safe is
+// true for those).
+func (e *Engine) Guards(procedure string, safe bool) bool {
+	if e.cfg.procFilter != nil {
+		return e.cfg.procFilter(procedure)
+	}
+	return !safe
+}
+
 // RetryAfterSeconds renders RetryAfter as the value of a Retry-After
 // header: whole seconds, rounded up, at least one.
 func (s Settings) RetryAfterSeconds() string {

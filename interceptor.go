@@ -108,6 +108,9 @@ func guards(cfg *config, spec connect.Spec) bool {
 	if cfg.procedures != nil {
 		return cfg.procedures(spec)
 	}
+	if cfg.procFilter != nil {
+		return cfg.procFilter(spec.Procedure)
+	}
 	return spec.IdempotencyLevel != connect.IdempotencyNoSideEffects &&
 		spec.IdempotencyLevel != connect.IdempotencyIdempotent
 }

@@ -59,6 +59,7 @@ type config struct {
 	logger        *slog.Logger
 	fingerprint   bool
 	procedures    func(connect.Spec) bool
+	procFilter    func(string) bool
 
 	maxRetries     int
 	backoffInitial time.Duration
@@ -335,6 +336,21 @@ func WithProcedures(guard func(connect.Spec) bool) Option {
 			panicf("WithProcedures", "function must not be nil")
 		}
 		c.procedures = guard
+	})
+}
+
+// WithProcedureFilter sets which unary procedures the RPC adapters (the
+// Connect v1 and v2 interceptors, package grpcmw) guard, by their full name
+// ("/pkg.Service/Method"), on the server and on the client. By default,
+// every procedure whose idempotency level is neither NO_SIDE_EFFECTS nor
+// IDEMPOTENT. [WithProcedures], for Connect v1 only, takes precedence
+// where both are set. The middleware ignores this option.
+func WithProcedureFilter(guard func(procedure string) bool) Option {
+	return optionFunc(func(c *config) {
+		if guard == nil {
+			panicf("WithProcedureFilter", "function must not be nil")
+		}
+		c.procFilter = guard
 	})
 }
 
