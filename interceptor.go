@@ -52,7 +52,10 @@ import (
 // the generated type in a replayed response's Any(): the interceptor builds
 // the message from the protobuf registry without knowing its Go type, so
 // Any() returns a wrapper that implements [proto.Message] by delegating to
-// the concrete message. To reach the concrete message, use the wrapper's
+// the concrete message (a [dynamicpb] message for a type that only the
+// procedure's schema knows). Every replay gets a message and header values
+// of its own: an outer interceptor may edit them without changing what
+// another replay sends. To reach the concrete message, use the wrapper's
 // Unwrap method:
 //
 //	msg := res.Any()
