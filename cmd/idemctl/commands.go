@@ -250,7 +250,7 @@ func (v *entryView) print(w io.Writer) {
 // above.
 func round(d time.Duration) time.Duration {
 	if d >= time.Minute {
-		return d.Round(time.Second)
+		return d.Truncate(time.Second)
 	}
 	return d.Round(time.Millisecond)
 }
