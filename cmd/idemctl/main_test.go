@@ -75,9 +75,15 @@ func (f *fixture) inspectJSON(t *testing.T, wantCode int, args ...string) entryV
 	return v
 }
 
-// post sends a POST with key to srv and returns the response, its body
-// read.
-func post(t *testing.T, srv *httptest.Server, path, key string) (*http.Response, string) {
+// reply is a response, its body read.
+type reply struct {
+	status int
+	header http.Header
+	body   string
+}
+
+// post sends a POST with key to srv.
+func post(t *testing.T, srv *httptest.Server, path, key string) reply {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+path, strings.NewReader(`{"amount":100}`))
 	require.NoError(t, err)
@@ -88,7 +94,7 @@ func post(t *testing.T, srv *httptest.Server, path, key string) (*http.Response,
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	return resp, string(body)
+	return reply{status: resp.StatusCode, header: resp.Header, body: string(body)}
 }
 
 // TestForgetStuckClaim frees a key whose request is stuck in its handler:
@@ -111,15 +117,22 @@ func TestForgetStuckClaim(t *testing.T) {
 	key := rand.Text()
 	keyArgs := []string{"-route", "POST /charges", "-key", key}
 
-	stuck := make(chan *http.Response, 1)
+	// The status of the stuck request, or 0 if it failed.
+	stuck := make(chan int, 1)
 	go func() {
-		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/charges", strings.NewReader(`{"amount":100}`))
+		status := 0
+		defer func() { stuck <- status }()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/charges", strings.NewReader(`{"amount":100}`))
+		if err != nil {
+			return
+		}
 		req.Header.Set(idempotency.DefaultIdempotencyHeader, key)
 		resp, err := srv.Client().Do(req)
-		if err == nil {
-			_ = resp.Body.Close()
+		if err != nil {
+			return
 		}
-		stuck <- resp
+		_ = resp.Body.Close()
+		status = resp.StatusCode
 	}()
 	<-started
 
@@ -131,30 +144,29 @@ func TestForgetStuckClaim(t *testing.T) {
 	v := f.inspectJSON(t, exitOK, keyArgs...)
 	assert.Equal(t, "in-flight", v.State)
 	assert.Equal(t, idempotency.StorageKey("", "POST /charges", key), v.StorageKey)
-	assert.Greater(t, v.TTLMillis, int64(0), "lease left")
+	assert.Positive(t, v.TTLMillis, "lease left")
 	assert.LessOrEqual(t, v.TTLMillis, idempotency.DefaultLease.Milliseconds(), "lease left")
 
-	resp, _ := post(t, srv, "/charges", key)
-	require.Equal(t, http.StatusConflict, resp.StatusCode, "in flight before forget")
+	r := post(t, srv, "/charges", key)
+	require.Equal(t, http.StatusConflict, r.status, "in flight before forget")
 
 	code, out, _ = f.idemctl(t, append([]string{"forget"}, keyArgs...)...)
 	require.Equal(t, exitOK, code)
 	assert.Contains(t, out, "forgot:")
 	assert.Contains(t, out, "in flight")
 
-	resp, body := post(t, srv, "/charges", key)
-	assert.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.JSONEq(t, `{"id":"ch_1"}`, body)
-	assert.Empty(t, resp.Header.Get(idempotency.DefaultReplayHeader), "the handler ran")
+	r = post(t, srv, "/charges", key)
+	assert.Equal(t, http.StatusOK, r.status)
+	assert.JSONEq(t, `{"id":"ch_1"}`, r.body)
+	assert.Empty(t, r.header.Get(idempotency.DefaultReplayHeader), "the handler ran")
 	assert.Equal(t, int32(2), calls.Load(), "handler calls")
 
 	// The stuck request ends; its claim is gone, so it cannot overwrite
 	// the record of the request that ran after forget.
 	close(unblock)
 	select {
-	case resp := <-stuck:
-		require.NotNil(t, resp)
-		assert.Equal(t, http.StatusOK, resp.StatusCode, "the stuck client still gets its handler's answer")
+	case status := <-stuck:
+		assert.Equal(t, http.StatusOK, status, "the stuck client still gets its handler's answer")
 	case <-time.After(10 * time.Second):
 		require.Fail(t, "the stuck request never ended")
 	}
@@ -178,10 +190,10 @@ func TestForgetRecord(t *testing.T) {
 	key := rand.Text()
 	keyArgs := []string{"-route", "POST /orders", "-key", key}
 
-	resp, body := post(t, srv, "/orders", key)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	resp, _ = post(t, srv, "/orders", key)
-	require.Equal(t, "true", resp.Header.Get(idempotency.DefaultReplayHeader), "the second request is a replay")
+	first := post(t, srv, "/orders", key)
+	require.Equal(t, http.StatusOK, first.status)
+	r := post(t, srv, "/orders", key)
+	require.Equal(t, "true", r.header.Get(idempotency.DefaultReplayHeader), "the second request is a replay")
 
 	code, out, _ := f.idemctl(t, append([]string{"inspect"}, keyArgs...)...)
 	require.Equal(t, exitOK, code)
@@ -192,9 +204,9 @@ func TestForgetRecord(t *testing.T) {
 	assert.Equal(t, "completed", v.State)
 	require.NotNil(t, v.Record)
 	assert.Equal(t, http.StatusOK, v.Record.Status)
-	assert.Equal(t, len(body), v.Record.BodySize)
+	assert.Equal(t, len(first.body), v.Record.BodySize)
 	assert.Equal(t, []string{"Content-Type", "Location"}, v.Record.Headers)
-	assert.Greater(t, v.Size, len(body), "the record holds the body and more")
+	assert.Greater(t, v.Size, len(first.body), "the record holds the body and more")
 	assert.Greater(t, v.TTLMillis, (idempotency.DefaultExpiry - time.Minute).Milliseconds())
 	assert.False(t, v.NeverExpires)
 
@@ -211,10 +223,10 @@ func TestForgetRecord(t *testing.T) {
 	require.NotNil(t, fv.Held.Record)
 	assert.Equal(t, http.StatusOK, fv.Held.Record.Status)
 
-	resp, body = post(t, srv, "/orders", key)
-	assert.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.Empty(t, resp.Header.Get(idempotency.DefaultReplayHeader), "the handler ran again")
-	assert.JSONEq(t, `{"order":2}`, body)
+	r = post(t, srv, "/orders", key)
+	assert.Equal(t, http.StatusOK, r.status)
+	assert.Empty(t, r.header.Get(idempotency.DefaultReplayHeader), "the handler ran again")
+	assert.JSONEq(t, `{"order":2}`, r.body)
 	assert.Equal(t, int32(2), calls.Load(), "handler calls")
 
 	// Forgetting twice finds nothing the second time.
