@@ -44,6 +44,16 @@
 //     claim; it returns after the claim is completed or released or its lease
 //     runs out, not before; and it returns the context's error when the
 //     context ends first.
+//   - [idempotency.Inspector], [idempotency.Forgetter] and
+//     [idempotency.Counter], each when the store implements it: Inspect
+//     shows nothing for an absent or expired key, a live claim with a
+//     plausible lease left, and a record with its bytes and its time left
+//     (zero when it never expires), and changes nothing. Forget reports
+//     false for a key that holds nothing; after it forgets a claim or a
+//     record, the next claim succeeds, and a forgotten claim's holder can
+//     no longer complete, release or renew it; it wakes a waiter. Count
+//     grows by at least the claims and records the subtest adds (stores may
+//     share a backend with subtests running at the same time).
 //
 // The suite runs in real time, because a networked store has no clock that a
 // test could move: leases and expiries are a few hundred milliseconds, and

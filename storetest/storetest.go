@@ -63,6 +63,9 @@ func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
 	t.Run("Expiry", st.expiry)
 	t.Run("IndependentKeys", st.independentKeys)
 	t.Run("Wait", st.wait)
+	t.Run("Inspect", st.inspect)
+	t.Run("Forget", st.forget)
+	t.Run("Count", st.count)
 }
 
 // suite holds what the subtests share. Each subtest is a method, so that a

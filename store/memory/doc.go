@@ -22,6 +22,8 @@
 //   - It implements [idempotency.Waiter]: a duplicate request waits on a
 //     channel, without polling, and is woken when the claim is completed or
 //     released or when its lease runs out.
+//   - It implements [idempotency.Inspector], [idempotency.Forgetter] and
+//     [idempotency.Counter], for tools that show or free a key.
 //
 // What it does not do: it keeps nothing across restarts, and it shares
 // nothing between processes.

@@ -62,6 +62,16 @@
 // cross the shards of a [redis.Ring], where waiting falls back to the lease
 // and the poll interval.
 //
+// # Operators
+//
+// [Store] implements [idempotency.Inspector], [idempotency.Forgetter] and
+// [idempotency.Counter], which cmd/idemctl uses. Inspect reads a key's value
+// and TTL in one round trip; Forget deletes the key in one round trip, and
+// wakes the waiters of a claim it deletes; Count walks the prefix with SCAN
+// (COUNT 1000 per call, on every master of a Cluster) and reads one byte of
+// each key, so it never blocks Redis but costs a round trip per thousand
+// keys or so.
+//
 // # Timeouts
 //
 // go-redis honours context deadlines only when the client's options have
