@@ -1,0 +1,181 @@
+package httpmw
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/idemkey/idempotency"
+)
+
+// notStored says why a guarded response was not stored (SPEC §4.2, §4.5).
+// The zero value means it was stored.
+type notStored uint8
+
+const (
+	storedOK notStored = iota
+	notJSON
+	invalidJSON
+	untypedNotJSON
+	untypedEncoded
+	tooLarge
+	flushed
+	hijacked
+	notFinal
+	panicked
+	requestEnded
+	rpcProtocol
+)
+
+func (r notStored) String() string {
+	switch r {
+	case storedOK:
+		return "stored"
+	case notJSON:
+		return "the Content-Type is not JSON"
+	case invalidJSON:
+		return "the body is not valid JSON"
+	case untypedNotJSON:
+		return "the body has no Content-Type and is not JSON"
+	case untypedEncoded:
+		return "the body has a Content-Encoding but no Content-Type"
+	case tooLarge:
+		return "the response is larger than the response size limit"
+	case flushed:
+		return "the handler flushed the response"
+	case hijacked:
+		return "the handler hijacked the connection"
+	case notFinal:
+		return "the handler answered a status outside 200-599"
+	case panicked:
+		return "the handler panicked"
+	case requestEnded:
+		return "the request ended before the handler answered"
+	case rpcProtocol:
+		return "gRPC, gRPC-Web and Connect streaming responses are not stored; guard such handlers with idempotency.NewInterceptor"
+	}
+	return "unknown"
+}
+
+// How often a route's warning for one reason is logged at most, and how
+// many routes are told apart. Paths may carry identifiers, so the number
+// of routes has no bound of its own; beyond the limit, routes share one
+// count.
+const (
+	warnEvery     = time.Minute
+	maxWarnRoutes = 1024
+)
+
+// otherRoutes names the count shared by the routes beyond maxWarnRoutes.
+const otherRoutes = "(other routes)"
+
+// warnings logs the guarded responses that were not stored, so that an
+// endpoint that is not protected does not look as if it were. On a busy
+// endpoint the same warning would repeat for every request: each route and
+// reason is logged on its first occurrence, then at most once per
+// warnEvery, with the number of occurrences left out since. It is safe for
+// concurrent use.
+type warnings struct {
+	logger *slog.Logger
+	now    func() time.Time
+
+	mu   sync.Mutex
+	seen map[warnKey]*warnState
+}
+
+type warnKey struct {
+	route  string
+	reason notStored
+}
+
+type warnState struct {
+	last       time.Time
+	suppressed int
+}
+
+func newWarnings(logger *slog.Logger) *warnings {
+	return &warnings{logger: logger, now: time.Now, seen: make(map[warnKey]*warnState)}
+}
+
+// notStored logs that the response to req was not stored, and why, unless
+// the same route logged the same reason less than warnEvery ago. The log
+// shows a prefix of the storage key's hash, never the key.
+func (w *warnings) notStored(ctx context.Context, req *idempotency.Request, reason notStored, contentType []string) {
+	if !w.logger.Enabled(ctx, slog.LevelWarn) {
+		return
+	}
+	route, suppressed, ok := w.allow(req.Route, reason)
+	if !ok {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 5)
+	attrs = append(attrs,
+		slog.String("reason", reason.String()),
+		slog.String("route", route),
+		slog.String("key_hash", keyHash(req)))
+	if (reason == notJSON || reason == invalidJSON) && len(contentType) > 0 {
+		attrs = append(attrs, slog.String("content_type", contentType[0]))
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, slog.Int("suppressed", suppressed))
+	}
+	w.logger.LogAttrs(ctx, slog.LevelWarn,
+		"httpmw: response not stored; a retry with the same key runs the handler again", attrs...)
+}
+
+// allow reports whether a warning for route and reason is due now, the
+// route under which it is counted, and how many were left out since the
+// last one logged.
+func (w *warnings) allow(route string, reason notStored) (string, int, bool) {
+	now := w.now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := warnKey{route, reason}
+	st := w.seen[k]
+	if st == nil && len(w.seen) >= maxWarnRoutes {
+		w.prune(now)
+		if len(w.seen) >= maxWarnRoutes {
+			k.route = otherRoutes
+			st = w.seen[k]
+		}
+	}
+	if st == nil {
+		w.seen[k] = &warnState{last: now}
+		return k.route, 0, true
+	}
+	if now.Sub(st.last) < warnEvery {
+		st.suppressed++
+		return k.route, 0, false
+	}
+	n := st.suppressed
+	st.last, st.suppressed = now, 0
+	return k.route, n, true
+}
+
+// prune forgets the routes that logged nothing for warnEvery: their next
+// warning is a first occurrence again. What they left out since their
+// last warning is added to the count of the other routes, so that it is
+// still told.
+func (w *warnings) prune(now time.Time) {
+	for k, st := range w.seen {
+		if k.route == otherRoutes || now.Sub(st.last) < warnEvery {
+			continue
+		}
+		delete(w.seen, k)
+		if st.suppressed > 0 {
+			other := warnKey{otherRoutes, k.reason}
+			if w.seen[other] == nil {
+				w.seen[other] = &warnState{last: now}
+			}
+			w.seen[other].suppressed += st.suppressed
+		}
+	}
+}
+
+// keyHash is what the logs show of a request's key: a prefix of its
+// storage key, as the engine logs it.
+func keyHash(req *idempotency.Request) string {
+	k := idempotency.StorageKey(req.Scope, req.Route, req.Key)
+	return k[:min(len(k), 12)]
+}
