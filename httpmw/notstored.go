@@ -80,8 +80,9 @@ type warnings struct {
 	logger *slog.Logger
 	now    func() time.Time
 
-	mu   sync.Mutex
-	seen map[warnKey]*warnState
+	mu     sync.Mutex
+	seen   map[warnKey]*warnState
+	pruned time.Time // when the table was last pruned
 }
 
 type warnKey struct {
@@ -134,7 +135,12 @@ func (w *warnings) allow(route string, reason notStored) (string, int, bool) {
 	k := warnKey{route, reason}
 	st := w.seen[k]
 	if st == nil && len(w.seen) >= maxWarnRoutes {
-		w.prune(now)
+		// A full table is pruned now and then, not on every new route: a
+		// scan that frees nothing would otherwise repeat, under the lock,
+		// for every request.
+		if now.Sub(w.pruned) >= warnEvery/4 {
+			w.prune(now)
+		}
 		if len(w.seen) >= maxWarnRoutes {
 			k.route = otherRoutes
 			st = w.seen[k]
@@ -155,20 +161,13 @@ func (w *warnings) allow(route string, reason notStored) (string, int, bool) {
 
 // prune forgets the routes that logged nothing for warnEvery: their next
 // warning is a first occurrence again. What they left out since their
-// last warning is added to the count of the other routes, so that it is
-// still told.
+// last line is not told: it would have been only with their next
+// occurrence, which then starts anew.
 func (w *warnings) prune(now time.Time) {
+	w.pruned = now
 	for k, st := range w.seen {
-		if k.route == otherRoutes || now.Sub(st.last) < warnEvery {
-			continue
-		}
-		delete(w.seen, k)
-		if st.suppressed > 0 {
-			other := warnKey{otherRoutes, k.reason}
-			if w.seen[other] == nil {
-				w.seen[other] = &warnState{last: now}
-			}
-			w.seen[other].suppressed += st.suppressed
+		if now.Sub(st.last) >= warnEvery {
+			delete(w.seen, k)
 		}
 	}
 }
