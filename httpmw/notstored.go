@@ -3,6 +3,7 @@ package httpmw
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,9 +107,15 @@ func (w *warnings) notStored(ctx context.Context, req *idempotency.Request, reas
 	if !w.logger.Enabled(ctx, slog.LevelWarn) {
 		return
 	}
-	route, suppressed, ok := w.allow(req.Route, reason)
+	other, suppressed, ok := w.allow(req.Route, reason)
 	if !ok {
 		return
+	}
+	// The route is built for each request, on the stack where it can be:
+	// what outlives the request is a copy.
+	route := otherRoutes
+	if !other {
+		route = strings.Clone(req.Route)
 	}
 	attrs := make([]slog.Attr, 0, 5)
 	attrs = append(attrs,
@@ -125,15 +132,14 @@ func (w *warnings) notStored(ctx context.Context, req *idempotency.Request, reas
 		"httpmw: response not stored; a retry with the same key runs the handler again", attrs...)
 }
 
-// allow reports whether a warning for route and reason is due now, the
-// route under which it is counted, and how many were left out since the
-// last one logged.
-func (w *warnings) allow(route string, reason notStored) (string, int, bool) {
+// allow reports whether a warning for route and reason is due now, whether
+// it is counted with the other routes, and how many were left out since
+// the last one logged.
+func (w *warnings) allow(route string, reason notStored) (other bool, suppressed int, ok bool) {
 	now := w.now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	k := warnKey{route, reason}
-	st := w.seen[k]
+	st := w.seen[warnKey{route, reason}]
 	if st == nil && len(w.seen) >= maxWarnRoutes {
 		// A full table is pruned now and then, not on every new route: a
 		// scan that frees nothing would otherwise repeat, under the lock,
@@ -142,21 +148,27 @@ func (w *warnings) allow(route string, reason notStored) (string, int, bool) {
 			w.prune(now)
 		}
 		if len(w.seen) >= maxWarnRoutes {
-			k.route = otherRoutes
-			st = w.seen[k]
+			other = true
+			st = w.seen[warnKey{otherRoutes, reason}]
 		}
 	}
 	if st == nil {
+		// The route may live on the request's stack; the table keeps a
+		// copy.
+		k := warnKey{otherRoutes, reason}
+		if !other {
+			k.route = strings.Clone(route)
+		}
 		w.seen[k] = &warnState{last: now}
-		return k.route, 0, true
+		return other, 0, true
 	}
 	if now.Sub(st.last) < warnEvery {
 		st.suppressed++
-		return k.route, 0, false
+		return other, 0, false
 	}
 	n := st.suppressed
 	st.last, st.suppressed = now, 0
-	return k.route, n, true
+	return other, n, true
 }
 
 // prune forgets the routes that logged nothing for warnEvery: their next
