@@ -124,19 +124,26 @@ func (h *handler) withoutKey(w http.ResponseWriter, r *http.Request) {
 // engine, and then replays, answers a problem, or runs the handler.
 func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 	m := h.m
-	// The limit is checked before the store is asked, so that a request
-	// that cannot run never takes a claim.
-	if r.ContentLength > m.maxBody {
-		m.fail(w, r, idempotency.ErrBodyTooLarge)
-		return
-	}
-	buf := getBuffer(&requestBuffers)
-	defer putBuffer(&requestBuffers, buf)
-	body, err := readBody((*buf)[:0], r.Body, r.ContentLength, m.maxBody)
-	*buf = body
-	if err != nil {
-		m.readFailed(w, r, err)
-		return
+	// An RPC stream is not read ahead: its first messages may wait for the
+	// handler's answers, and nothing of it is ever stored (see execute).
+	stream := streamed(r)
+	var body []byte
+	if !stream {
+		// The limit is checked before the store is asked, so that a
+		// request that cannot run never takes a claim.
+		if r.ContentLength > m.maxBody {
+			m.fail(w, r, idempotency.ErrBodyTooLarge)
+			return
+		}
+		buf := getBuffer(&requestBuffers)
+		defer putBuffer(&requestBuffers, buf)
+		var err error
+		body, err = readBody((*buf)[:0], r.Body, r.ContentLength, m.maxBody)
+		*buf = body
+		if err != nil {
+			m.readFailed(w, r, err)
+			return
+		}
 	}
 
 	path := r.URL.EscapedPath()
@@ -158,14 +165,20 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 	switch {
 	case err != nil:
 		m.fail(w, r, err)
+	case rec != nil && stream:
+		// The record was stored for a request in another protocol, such
+		// as Connect's JSON: its bytes mean nothing to this client.
+		m.fail(w, r, idempotency.ErrFingerprintMismatch)
 	case rec != nil:
 		m.replay(w, rec)
+	case !exec.Protected() && stream:
+		h.next.ServeHTTP(w, r)
 	case !exec.Protected():
 		// The store failed and the engine fails open: the handler runs
 		// unguarded, on the body that was read.
 		h.unprotected(w, r, body)
 	default:
-		h.execute(w, r, exec, &req, body)
+		h.execute(w, r, exec, &req, body, stream)
 	}
 }
 
@@ -210,15 +223,16 @@ func (m *middleware) replay(w http.ResponseWriter, rec *idempotency.Record) {
 // execute runs the handler on a claimed key, then stores its response or
 // releases the claim, and delivers the response. A response that is not
 // stored is logged.
-func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempotency.Execution, req *idempotency.Request, body []byte) {
+func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempotency.Execution, req *idempotency.Request, body []byte, stream bool) {
 	c := &capture{w: w, m: h.m}
-	c.body.b = body
-	r.Body = &c.body
-	if streamed(r) {
+	if stream {
 		// Held back until the handler returns, a stream would stall; and
 		// its enveloped messages and trailers are nothing a record holds.
 		// The claim still turns away duplicates while the handler runs.
 		c.passing, c.reason = true, rpcProtocol
+	} else {
+		c.body.b = body
+		r.Body = &c.body
 	}
 	returned := false
 	defer func() {

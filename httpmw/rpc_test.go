@@ -3,6 +3,7 @@ package httpmw_test
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -352,4 +353,64 @@ func TestRPCResponsesAreNotStored(t *testing.T) {
 			assert.Zero(t, spy.completes.Load())
 		})
 	}
+}
+
+// TestRPCStreamIsNotReadAhead checks that the middleware does not read a
+// gRPC request's body before the handler runs: a bidirectional stream whose
+// client waits for an answer before it ends its side would never start.
+func TestRPCStreamIsNotReadAhead(t *testing.T) {
+	t.Parallel()
+	spy := newSpy()
+	srv := httptest.NewUnstartedServer(guarded(spy, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		first := make([]byte, 5)
+		if _, err := io.ReadFull(r.Body, first); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/grpc")
+		_, _ = w.Write(first)
+		http.NewResponseController(w).Flush() //nolint:errcheck // the client's read tells
+		_, _ = io.Copy(io.Discard, r.Body)
+	}), quiet))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	pr, pw := io.Pipe()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/pkg.Service/Chat", pr)
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set(idempotency.DefaultIdempotencyHeader, "chat-key")
+	go func() { _, _ = pw.Write([]byte{0, 0, 0, 0, 0}) }()
+	res, err := srv.Client().Do(req)
+	require.NoError(t, err, "the handler did not answer before the client ended its side")
+	defer res.Body.Close()
+	got := make([]byte, 5)
+	_, err = io.ReadFull(res.Body, got)
+	require.NoError(t, err)
+	assert.Equal(t, []byte{0, 0, 0, 0, 0}, got)
+	require.NoError(t, pw.Close())
+	_, err = io.Copy(io.Discard, res.Body)
+	require.NoError(t, err)
+	assert.Equal(t, "release", spy.waitEnded(t))
+}
+
+// TestRPCStreamNeverGetsARecord checks that a gRPC request whose key has a
+// record, stored for a Connect JSON request, is answered as a mismatch even
+// without fingerprints: the record's JSON means nothing to a gRPC client.
+func TestRPCStreamNeverGetsARecord(t *testing.T) {
+	t.Parallel()
+	svc := &paymentServer{charge: charged}
+	srv, _ := startRPC(t, svc, newSpy(), idempotency.WithoutFingerprint())
+	jsonClient := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, connect.WithProtoJSON())
+	_, err := charge(t.Context(), jsonClient, "shared-key", 100)
+	require.NoError(t, err)
+	for _, opt := range []connect.ClientOption{connect.WithGRPC(), connect.WithGRPCWeb()} {
+		client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, opt)
+		_, err = charge(t.Context(), client, "shared-key", 100)
+		requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusMismatch, "different request")
+	}
+	assert.Equal(t, int32(1), svc.chargeRuns.Load())
 }
