@@ -82,7 +82,10 @@
 // are guarded while they run (a duplicate is answered "in flight"), but
 // their responses, streams of enveloped messages that end in trailers,
 // pass through as the handler writes them and are never stored: a retry
-// runs the handler again, which the log says. To make such a handler
+// runs the handler again, which the log says. Their bodies are not read
+// ahead (a client stream starts at once; the body size limit does not
+// apply), and a key that holds a record, stored for a request in another
+// protocol, is answered as a mismatch. To make such a handler
 // idempotent on every protocol, use [idempotency.NewInterceptor] on it.
 //
 // Its own errors reach those clients in their protocol, as
