@@ -36,9 +36,10 @@ type capture struct {
 	m       *middleware
 	buf     *[]byte // the body so far, from responseBuffers; nil until written
 	status  int
-	wrote   bool // the final status is set
-	passing bool // writes go to the client; nothing will be stored
-	done    bool // the handler returned
+	wrote   bool      // the final status is set
+	passing bool      // writes go to the client; nothing will be stored
+	reason  notStored // why writes pass through
+	done    bool      // the handler returned
 	body    bodyReader
 }
 
@@ -65,7 +66,7 @@ func (c *capture) WriteHeader(code int) {
 	if code < 200 || code > 599 {
 		// A record holds a final status from 200 to 599; anything else
 		// (101, or a code net/http rejects) is the client's business.
-		_ = c.pass()
+		_ = c.pass(notFinal)
 	}
 }
 
@@ -113,15 +114,15 @@ func (c *capture) prepare(n int) (bool, error) {
 		c.buf = getBuffer(&responseBuffers)
 	}
 	if int64(len(*c.buf))+int64(n) > c.m.maxResponse {
-		return false, c.pass()
+		return false, c.pass(tooLarge)
 	}
 	return true, nil
 }
 
-// pass switches to passing through: what was written so far goes to the
-// client.
-func (c *capture) pass() error {
-	c.passing = true
+// pass switches to passing through, for reason: what was written so far
+// goes to the client.
+func (c *capture) pass(reason notStored) error {
+	c.passing, c.reason = true, reason
 	if c.wrote {
 		c.w.WriteHeader(c.status)
 	}
@@ -151,7 +152,7 @@ func (c *capture) FlushError() error {
 		if !c.wrote {
 			c.status, c.wrote = http.StatusOK, true
 		}
-		if err := c.pass(); err != nil {
+		if err := c.pass(flushed); err != nil {
 			return err
 		}
 	}
@@ -165,13 +166,13 @@ func (c *capture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, errAfterReturn
 	}
 	if !c.passing && c.wrote {
-		if err := c.pass(); err != nil {
+		if err := c.pass(hijacked); err != nil {
 			return nil, nil, err
 		}
 	}
 	conn, rw, err := http.NewResponseController(c.w).Hijack()
-	if err == nil {
-		c.passing = true
+	if err == nil && !c.passing {
+		c.passing, c.reason = true, hijacked
 	}
 	return conn, rw, err
 }
@@ -181,18 +182,19 @@ func (c *capture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (c *capture) Unwrap() http.ResponseWriter { return c.w }
 
 // finish runs when the handler returned: it stores the response or
-// releases the claim, then delivers what the client has not got yet.
-func (c *capture) finish(r *http.Request, exec *idempotency.Execution) {
+// releases the claim, then delivers what the client has not got yet. It
+// returns why the response was not stored, or storedOK.
+func (c *capture) finish(r *http.Request, exec *idempotency.Execution) notStored {
 	defer c.end()
 	if c.passing {
 		_ = exec.Release()
-		return
+		return c.reason
 	}
 	if !c.wrote && r.Context().Err() != nil {
 		// The handler gave up because its request ended; a retry must run
 		// it again.
 		_ = exec.Release()
-		return
+		return requestEnded
 	}
 	if !c.wrote {
 		c.status = http.StatusOK
@@ -204,7 +206,8 @@ func (c *capture) finish(r *http.Request, exec *idempotency.Execution) {
 	h := c.w.Header()
 	// The claim ends before the client sees anything, so that a retry
 	// sent right after the answer finds the record, or runs anew.
-	if storable(h, body) {
+	reason := storable(h, body)
+	if reason == storedOK {
 		stored := headerMaps.Get().(http.Header)
 		c.m.storedHeader(stored, h, body)
 		rec := idempotency.Record{Status: c.status, Header: stored, Body: body}
@@ -220,6 +223,7 @@ func (c *capture) finish(r *http.Request, exec *idempotency.Execution) {
 	if len(body) > 0 {
 		_, _ = c.w.Write(body)
 	}
+	return reason
 }
 
 // end makes the writer and the request body unusable, and returns the
@@ -234,19 +238,31 @@ func (c *capture) end() {
 	}
 }
 
-// storable reports whether a completed response is one the middleware
-// stores: no body at all, or a JSON body (SPEC §4.2).
-func storable(h http.Header, body []byte) bool {
+// storable reports why a completed response is not one the middleware
+// stores, or storedOK when it is: no body at all, a JSON body, or, with no
+// Content-Type, a body that parses as JSON (SPEC §4.2).
+func storable(h http.Header, body []byte) notStored {
 	if len(body) == 0 {
-		return true
+		return storedOK
 	}
 	ct := h["Content-Type"]
-	if len(ct) == 0 || !isJSONType(ct[0]) {
-		return false
+	switch {
+	case len(ct) == 0 && encoded(h):
+		// Without a type, only the bytes can say that the body is JSON,
+		// and encoded bytes cannot.
+		return untypedEncoded
+	case len(ct) == 0 && !validJSON(body):
+		return untypedNotJSON
+	case len(ct) == 0:
+		return storedOK
+	case !isJSONType(ct[0]):
+		return notJSON
+	case encoded(h) || validJSON(body):
+		// An encoded body cannot be checked without decoding it; it is
+		// stored as written.
+		return storedOK
 	}
-	// An encoded body cannot be checked without decoding it; it is stored
-	// as written.
-	return encoded(h) || validJSON(body)
+	return invalidJSON
 }
 
 // isJSONType reports whether a Content-Type value is application/json or a
@@ -299,7 +315,25 @@ func asciiEqualFold(a, b string) bool {
 // storedHeader copies into dst the allowlisted headers of h. An encoded
 // body's Content-Encoding is kept even when the allowlist leaves it out:
 // without it, the replayed bytes would mean nothing to the client.
+//
+// A body without a Content-Type gets the one net/http would sniff for it,
+// in h and in dst, so that the first answer and every replay carry the
+// same type whatever the allowlist; where net/http would not sniff (a
+// Content-Encoding is set, or the handler suppressed sniffing with an
+// empty Content-Type), dst keeps an empty Content-Type, which stops the
+// replay from being sniffed too.
 func (m *middleware) storedHeader(dst, h http.Header, body []byte) {
+	if len(body) > 0 && len(h["Content-Type"]) == 0 {
+		_, suppressed := h["Content-Type"]
+		if suppressed || h.Get("Content-Encoding") != "" {
+			dst["Content-Type"] = []string{}
+		} else {
+			// The same rule as net/http's: the type of the first bytes
+			// of the body, which is written in one piece.
+			h["Content-Type"] = []string{http.DetectContentType(body)}
+			dst["Content-Type"] = h["Content-Type"]
+		}
+	}
 	for _, name := range m.stored {
 		if v := h[name]; len(v) > 0 {
 			dst[name] = v

@@ -34,15 +34,22 @@
 // replay.
 //
 // A response is stored when it has no body at all (a 204, a 201 or 202
-// without body, a redirect), or when its Content-Type is application/json
-// or any +json type (parameters such as charset allowed) and its body
-// parses as JSON. A JSON body with a Content-Encoding such as gzip is
-// stored byte for byte, unchecked, with its Content-Encoding, kept even
-// when the allowlist leaves it out. Anything else (HTML, text, a body
-// without a Content-Type, invalid JSON) reaches the client unchanged,
-// nothing is stored, and the claim is released so that a retry runs the
-// handler again. [idempotency.WithStorePolicy] can narrow what is stored by
-// status.
+// without body, a redirect), when its Content-Type is application/json or
+// any +json type (parameters such as charset allowed) and its body parses
+// as JSON, or when it has no Content-Type and its body parses as JSON. A
+// JSON body with a Content-Encoding such as gzip is stored byte for byte,
+// unchecked, with its Content-Encoding, kept even when the allowlist
+// leaves it out. Anything else (HTML, text, invalid JSON, an encoded body
+// without a Content-Type) reaches the client unchanged, nothing is stored,
+// and the claim is released so that a retry runs the handler again.
+// [idempotency.WithStorePolicy] can narrow what is stored by status.
+//
+// net/http gives a body without a Content-Type the type it sniffs from its
+// first bytes: "text/plain; charset=utf-8" for JSON. The middleware sets
+// that same type on a stored untyped body itself, and stores it whatever
+// the allowlist, so that the first answer and every replay carry the same
+// Content-Type; where net/http would not sniff (a Content-Encoding is set,
+// or the handler set an empty Content-Type), neither answer has one.
 //
 // The response still reaches the client but is not stored, and the claim
 // is released, when the handler panics (the panic goes on, after the
@@ -52,10 +59,54 @@
 // response after its client went away is stored: that client's retry is
 // how the library is meant to be used.
 //
+// A guarded response that is not stored is logged at Warn (see
+// [idempotency.WithLogger]) with the reason, the route and a prefix of
+// the storage key's hash, never the key, so that an endpoint the
+// middleware cannot protect does not look protected. Each route and reason
+// is logged on its first occurrence, then at most once a minute, with the
+// number of occurrences left out since ("suppressed"); beyond 1024 routes
+// at once, routes share one count, logged as "(other routes)".
+//
 // The response writer the handler gets implements [http.Flusher],
 // [http.Hijacker] and Unwrap, so [http.ResponseController] works through
 // it. Informational responses (1xx, as WriteHeader(103)) go to the client
 // at once.
+//
+// # Connect, gRPC and gRPC-Web
+//
+// In front of a Connect handler, the middleware answers a Connect unary
+// JSON request like any JSON request: its response is stored and replayed
+// (its Trailer- headers are not in the default allowlist, so a replay
+// carries none). A Connect binary response (application/proto) is not
+// JSON and is not stored. gRPC, gRPC-Web and Connect streaming requests
+// are guarded while they run (a duplicate is answered "in flight"), but
+// their responses, streams of enveloped messages that end in trailers,
+// pass through as the handler writes them and are never stored: a retry
+// runs the handler again, which the log says. Their bodies are not read
+// ahead (a client stream starts at once; the body size limit does not
+// apply), and a key that holds a record, stored for a request in another
+// protocol, is answered as a mismatch. To make such a handler
+// idempotent on every protocol, use [idempotency.NewInterceptor] on it.
+//
+// Its own errors reach those clients in their protocol, as
+// [connect.NewErrorWriter] writes them, with the codes of
+// [idempotency.CodeOf] and the [idempotency.StatusHeader] and Retry-After
+// metadata that the interceptor sets, so that
+// [idempotency.NewClientInterceptor] recognises them; the message is the
+// problem's detail below. A request is a gRPC or gRPC-Web one by its
+// Content-Type (application/grpc, application/grpc-web, with a +codec),
+// and a Connect one by its Content-Type together with the
+// Connect-Protocol-Version: 1 header that every Connect client sends: a
+// REST client posting application/json without that header gets a
+// problem document.
+//
+//	error                      Connect code        Idempotency-Status
+//	key required, invalid key  invalid_argument    invalid-key
+//	payload mismatch           invalid_argument    mismatch
+//	in flight                  aborted             in-flight, and Retry-After
+//	body too large             resource_exhausted  body-too-large
+//	store unavailable          unavailable         store-unavailable
+//	body unreadable            invalid_argument    (none)
 //
 // # Errors
 //

@@ -41,6 +41,7 @@ type middleware struct {
 	maxResponse  int64
 	stored       []string
 	problems     problems
+	warnings     *warnings
 }
 
 func newMiddleware(e *idempotency.Engine) *middleware {
@@ -67,6 +68,7 @@ func newMiddleware(e *idempotency.Engine) *middleware {
 		}
 	}
 	m.problems = newProblems(s)
+	m.warnings = newWarnings(s.Logger)
 	return m
 }
 
@@ -89,7 +91,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	key, err := idempotency.ParseKey(values, m.enforceUUID4)
 	if err != nil {
-		m.problems.write(w, err)
+		m.fail(w, r, err)
 		return
 	}
 	if key == "" {
@@ -110,7 +112,7 @@ func (m *middleware) applies(method string) bool {
 
 func (h *handler) withoutKey(w http.ResponseWriter, r *http.Request) {
 	if h.m.requireKey {
-		h.m.problems.write(w, idempotency.ErrKeyRequired)
+		h.m.fail(w, r, idempotency.ErrKeyRequired)
 		return
 	}
 	h.next.ServeHTTP(w, r)
@@ -120,19 +122,26 @@ func (h *handler) withoutKey(w http.ResponseWriter, r *http.Request) {
 // engine, and then replays, answers a problem, or runs the handler.
 func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 	m := h.m
-	// The limit is checked before the store is asked, so that a request
-	// that cannot run never takes a claim.
-	if r.ContentLength > m.maxBody {
-		m.problems.write(w, idempotency.ErrBodyTooLarge)
-		return
-	}
-	buf := getBuffer(&requestBuffers)
-	defer putBuffer(&requestBuffers, buf)
-	body, err := readBody((*buf)[:0], r.Body, r.ContentLength, m.maxBody)
-	*buf = body
-	if err != nil {
-		m.readFailed(w, err)
-		return
+	// An RPC stream is not read ahead: its first messages may wait for the
+	// handler's answers, and nothing of it is ever stored (see execute).
+	stream := streamed(r)
+	var body []byte
+	if !stream {
+		// The limit is checked before the store is asked, so that a
+		// request that cannot run never takes a claim.
+		if r.ContentLength > m.maxBody {
+			m.fail(w, r, idempotency.ErrBodyTooLarge)
+			return
+		}
+		buf := getBuffer(&requestBuffers)
+		defer putBuffer(&requestBuffers, buf)
+		var err error
+		body, err = readBody((*buf)[:0], r.Body, r.ContentLength, m.maxBody)
+		*buf = body
+		if err != nil {
+			m.readFailed(w, r, err)
+			return
+		}
 	}
 
 	path := r.URL.EscapedPath()
@@ -153,15 +162,21 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 	exec, rec, err := m.e.Begin(r.Context(), req)
 	switch {
 	case err != nil:
-		m.problems.write(w, err)
+		m.fail(w, r, err)
+	case rec != nil && stream:
+		// The record was stored for a request in another protocol, such
+		// as Connect's JSON: its bytes mean nothing to this client.
+		m.fail(w, r, idempotency.ErrFingerprintMismatch)
 	case rec != nil:
 		m.replay(w, rec)
+	case !exec.Protected() && stream:
+		h.next.ServeHTTP(w, r)
 	case !exec.Protected():
 		// The store failed and the engine fails open: the handler runs
 		// unguarded, on the body that was read.
 		h.unprotected(w, r, body)
 	default:
-		h.execute(w, r, exec, body)
+		h.execute(w, r, exec, &req, body, stream)
 	}
 }
 
@@ -176,13 +191,13 @@ func (h *handler) unprotected(w http.ResponseWriter, r *http.Request, body []byt
 }
 
 // readFailed answers a request whose body could not be read.
-func (m *middleware) readFailed(w http.ResponseWriter, err error) {
+func (m *middleware) readFailed(w http.ResponseWriter, r *http.Request, err error) {
 	var tooLarge *http.MaxBytesError
 	if errors.Is(err, idempotency.ErrBodyTooLarge) || errors.As(err, &tooLarge) {
-		m.problems.write(w, idempotency.ErrBodyTooLarge)
+		m.fail(w, r, idempotency.ErrBodyTooLarge)
 		return
 	}
-	m.problems.write(w, errBodyUnreadable)
+	m.fail(w, r, errBodyUnreadable)
 }
 
 // replay writes a stored response: its stored headers, the replay marker,
@@ -213,11 +228,19 @@ func (m *middleware) replay(w http.ResponseWriter, rec *idempotency.Record) {
 }
 
 // execute runs the handler on a claimed key, then stores its response or
-// releases the claim, and delivers the response.
-func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempotency.Execution, body []byte) {
+// releases the claim, and delivers the response. A response that is not
+// stored is logged.
+func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempotency.Execution, req *idempotency.Request, body []byte, stream bool) {
 	c := &capture{w: w, m: h.m}
-	c.body.b = body
-	r.Body = &c.body
+	if stream {
+		// Held back until the handler returns, a stream would stall; and
+		// its enveloped messages and trailers are nothing a record holds.
+		// The claim still turns away duplicates while the handler runs.
+		c.passing, c.reason = true, rpcProtocol
+	} else {
+		c.body.b = body
+		r.Body = &c.body
+	}
 	returned := false
 	defer func() {
 		if !returned {
@@ -226,11 +249,14 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempote
 			// released, so that a retry runs the handler again.
 			c.end()
 			_ = exec.Release()
+			h.m.warnings.notStored(r.Context(), req, panicked, nil)
 		}
 	}()
 	h.next.ServeHTTP(c, r)
 	returned = true
-	c.finish(r, exec)
+	if reason := c.finish(r, exec); reason != storedOK {
+		h.m.warnings.notStored(r.Context(), req, reason, w.Header()["Content-Type"])
+	}
 }
 
 // bodyReader gives the handler the request body that the middleware read.

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 
+	"connectrpc.com/connect"
+
 	"github.com/idemkey/idempotency"
 )
 
@@ -23,9 +25,11 @@ var problemContentType = []string{"application/problem+json"}[:1:1]
 // A problem is one of the middleware's error responses, rendered once.
 type problem struct {
 	status     int
-	label      []string // the Idempotency-Status value, or nil
-	retryAfter []string // the Retry-After value, or nil
+	code       connect.Code // for Connect, gRPC and gRPC-Web clients
+	label      []string     // the Idempotency-Status value, or nil
+	retryAfter []string     // the Retry-After value, or nil
 	typ, title string
+	detail     string // what to fix; "" when it depends on the error
 	body       []byte
 }
 
@@ -72,18 +76,21 @@ func newProblems(s idempotency.Settings) problems {
 				"Retry it later with the same key."),
 		unreadable: problem{
 			status: http.StatusBadRequest,
+			code:   connect.CodeInvalidArgument,
 			typ:    problemTypeBase + "body-unreadable",
 			title:  "Request body unreadable",
-			body: renderProblem(problemTypeBase+"body-unreadable", "Request body unreadable",
-				http.StatusBadRequest, "The request body could not be read."),
+			detail: "The request body could not be read.",
 		},
 		internal: problem{
 			status: http.StatusInternalServerError,
+			code:   connect.CodeInternal,
 			typ:    "about:blank",
 			title:  http.StatusText(http.StatusInternalServerError),
-			body: renderProblem("about:blank", http.StatusText(http.StatusInternalServerError),
-				http.StatusInternalServerError, "The idempotency middleware met an unexpected error."),
+			detail: "The idempotency middleware met an unexpected error.",
 		},
+	}
+	for _, p := range []*problem{&ps.unreadable, &ps.internal} {
+		p.body = renderProblem(p.typ, p.title, p.status, p.detail)
 	}
 	ps.inFlight.retryAfter = []string{s.RetryAfterSeconds()}[:1:1]
 	return ps
@@ -91,14 +98,17 @@ func newProblems(s idempotency.Settings) problems {
 
 func newProblem(sentinel error, name, detail string) problem {
 	status, label, title, ok := idempotency.StatusOf(sentinel)
-	if !ok {
+	code, _, codeOK := idempotency.CodeOf(sentinel)
+	if !ok || !codeOK {
 		panic("httpmw: no status for " + sentinel.Error())
 	}
 	p := problem{
 		status: status,
+		code:   code,
 		label:  []string{label}[:1:1],
 		typ:    problemTypeBase + name,
 		title:  title,
+		detail: detail,
 	}
 	if detail != "" {
 		p.body = renderProblem(p.typ, title, status, detail)
@@ -117,7 +127,11 @@ func renderProblem(typ, title string, status int, detail string) []byte {
 // write answers err, one of the library's errors, with its problem
 // document.
 func (ps *problems) write(w http.ResponseWriter, err error) {
-	p, body := ps.lookup(err)
+	p := ps.lookup(err)
+	body := p.body
+	if body == nil {
+		body = renderProblem(p.typ, p.title, p.status, ps.detail(p, err))
+	}
 	h := w.Header()
 	h["Content-Type"] = problemContentType
 	if p.label != nil {
@@ -132,28 +146,33 @@ func (ps *problems) write(w http.ResponseWriter, err error) {
 	_, _ = w.Write(body)
 }
 
-func (ps *problems) lookup(err error) (*problem, []byte) {
-	var p *problem
+func (ps *problems) lookup(err error) *problem {
 	switch {
 	case errors.Is(err, idempotency.ErrInvalidKey):
-		return &ps.invalidKey, renderProblem(ps.invalidKey.typ, ps.invalidKey.title, ps.invalidKey.status,
-			ps.invalidKeyDetail(err))
+		return &ps.invalidKey
 	case errors.Is(err, idempotency.ErrKeyRequired):
-		p = &ps.keyRequired
+		return &ps.keyRequired
 	case errors.Is(err, idempotency.ErrInFlight):
-		p = &ps.inFlight
+		return &ps.inFlight
 	case errors.Is(err, idempotency.ErrFingerprintMismatch):
-		p = &ps.mismatch
+		return &ps.mismatch
 	case errors.Is(err, idempotency.ErrBodyTooLarge):
-		p = &ps.tooLarge
+		return &ps.tooLarge
 	case errors.Is(err, idempotency.ErrStoreUnavailable):
-		p = &ps.unavailable
+		return &ps.unavailable
 	case errors.Is(err, errBodyUnreadable):
-		p = &ps.unreadable
+		return &ps.unreadable
 	default:
-		p = &ps.internal
+		return &ps.internal
 	}
-	return p, p.body
+}
+
+// detail says what to fix about err, p's error.
+func (ps *problems) detail(p *problem, err error) string {
+	if p.detail != "" {
+		return p.detail
+	}
+	return ps.invalidKeyDetail(err)
 }
 
 // invalidKeyDetail says what is wrong with the key, from the reason the
