@@ -350,7 +350,7 @@ func TestSweep(t *testing.T) {
 // Not parallel: it raises GOMAXPROCS, so that the claims race on more
 // threads than a small machine has cores and are preempted anywhere, as on
 // a busy server; no parallel test runs meanwhile.
-func TestFullOfExpiredConcurrent(t *testing.T) {
+func TestFullOfExpiredConcurrent(t *testing.T) { //nolint:tparallel // not parallel while it raises GOMAXPROCS
 	procs := runtime.GOMAXPROCS(max(8, runtime.GOMAXPROCS(0)))
 	t.Cleanup(func() { runtime.GOMAXPROCS(procs) })
 	const rounds = 20
