@@ -37,6 +37,10 @@
 //     first lease, and sets the lease rather than only extending it.
 //   - Expiry: a record goes away after its expiry, and a record completed
 //     with expiry zero stays.
+//   - Durations: a lease or expiry of [math.MaxInt64] (longer than a
+//     store may represent) is accepted and lasts, for Claim, Renew and
+//     Complete alike; one of a nanosecond (shorter than a store may
+//     represent) is accepted and runs out soon.
 //   - Keys are independent of each other, even when one is a prefix of the
 //     other.
 //   - [idempotency.Waiter], when the store implements it (the subtests are

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +32,9 @@ const (
 	// pollEvery is the pause between two looks at a key that should go
 	// away.
 	pollEvery = 10 * time.Millisecond
+	// huge is the longest duration there is: a store that cannot represent
+	// it must make it as long as it can.
+	huge = time.Duration(math.MaxInt64)
 )
 
 // Key returns a new random key, "storetest:" followed by 26 random
@@ -62,6 +66,8 @@ func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
 	t.Run("RenewShortens", st.renewShortens)
 	t.Run("Expiry", st.expiry)
 	t.Run("IndependentKeys", st.independentKeys)
+	t.Run("HugeDurations", st.hugeDurations)
+	t.Run("TinyDurations", st.tinyDurations)
 	t.Run("Wait", st.wait)
 	t.Run("Inspect", st.inspect)
 	t.Run("Forget", st.forget)
@@ -466,6 +472,82 @@ func (st suite) independentKeys(t *testing.T) {
 	assertCompleted(t, s, key, record)
 	assertClaimable(t, s, longer)
 	assertClaimable(t, s, other)
+}
+
+// hugeDurations checks that the longest lease and expiry there are work:
+// a store saturates what it cannot represent, and never fails the call or
+// ends the claim or record early for it.
+func (st suite) hugeDurations(t *testing.T) {
+	s := st.start(t)
+	tests := []struct {
+		name string
+		// lease is the claim's first lease; renew, when not zero, the
+		// lease that Renew then sets; expiry, when not zero, the expiry
+		// with which the claim is then completed.
+		lease, renew, expiry time.Duration
+	}{
+		{name: "lease", lease: huge},
+		{name: "renew a long lease", lease: huge, renew: huge},
+		{name: "renew a short lease", lease: shortTTL, renew: huge},
+		{name: "expiry", lease: shortTTL, expiry: huge},
+		{name: "expiry after a huge lease", lease: huge, renew: huge, expiry: huge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			key := Key()
+			token := holdClaim(t, s, key, tt.lease)
+			if tt.renew != 0 {
+				require.NoError(t, s.Renew(t.Context(), key, token, tt.renew), "Renew")
+			}
+			record := []byte("kept for ages")
+			if tt.expiry != 0 {
+				require.NoError(t, s.Complete(t.Context(), key, token, record, tt.expiry), "Complete")
+				assertCompleted(t, s, key, record)
+				awaitTimePassed(t, s, shortTTL)
+				assertCompleted(t, s, key, record)
+				return
+			}
+			res := claim(t, s, key, newToken(), longTTL)
+			require.Equal(t, idempotency.StateInFlight, res.State, "state of a key claimed for ages")
+			assert.GreaterOrEqual(t, res.LeaseLeft, time.Duration(0), "lease left")
+			if res.LeaseLeft != 0 {
+				assert.Greater(t, res.LeaseLeft, longTTL, "lease left")
+			}
+			// Long after the first lease, the claim is still there, and
+			// still the holder's.
+			awaitTimePassed(t, s, shortTTL)
+			assertInFlight(t, s, key)
+			require.NoError(t, s.Complete(t.Context(), key, token, record, longTTL), "Complete")
+			assertCompleted(t, s, key, record)
+		})
+	}
+}
+
+// tinyDurations checks that a lease or expiry of one nanosecond, shorter
+// than most stores can represent, is accepted, and runs out soon.
+func (st suite) tinyDurations(t *testing.T) {
+	s := st.start(t)
+	t.Run("lease", func(t *testing.T) {
+		t.Parallel()
+		key := Key()
+		holdClaim(t, s, key, time.Nanosecond)
+		awaitClaimable(t, s, key, time.Nanosecond)
+	})
+	t.Run("renew", func(t *testing.T) {
+		t.Parallel()
+		key := Key()
+		token := holdClaim(t, s, key, longTTL)
+		require.NoError(t, s.Renew(t.Context(), key, token, time.Nanosecond), "Renew")
+		awaitClaimable(t, s, key, time.Nanosecond)
+	})
+	t.Run("expiry", func(t *testing.T) {
+		t.Parallel()
+		key := Key()
+		token := holdClaim(t, s, key, longTTL)
+		require.NoError(t, s.Complete(t.Context(), key, token, []byte("brief"), time.Nanosecond), "Complete")
+		awaitClaimable(t, s, key, time.Nanosecond)
+	})
 }
 
 // newToken returns a random token of 130 bits, as long as the engine's.

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -118,6 +119,41 @@ func TestExpiryByRedisClock(t *testing.T) {
 			} else {
 				assert.Equal(t, int64(1), runs.Load())
 			}
+		})
+	}
+}
+
+// TestHugeDurations checks SPEC §8.1 end to end: a lease and an expiry of
+// math.MaxInt64, longer than Redis can represent, protect requests as any
+// other would: the first request runs once and its retries are replays,
+// rather than 503s or runs anew.
+func TestHugeDurations(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		opts []idempotency.Option
+	}{
+		{name: "lease", opts: []idempotency.Option{idempotency.WithLease(math.MaxInt64)}},
+		{name: "expiry", opts: []idempotency.Option{idempotency.WithExpiry(math.MaxInt64)}},
+		{name: "both", opts: []idempotency.Option{idempotency.WithLease(math.MaxInt64), idempotency.WithExpiry(math.MaxInt64)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := redistest.Client(t)
+			prefix := redistest.Prefix(t, c)
+			var runs atomic.Int64
+			in := startHTTP(t, newStore(t, c, prefix), func(w http.ResponseWriter, _ *http.Request) {
+				writeJSON(w, chargeJSON("huge", runs.Add(1)))
+			}, tt.opts...)
+
+			key := newKey()
+			first := in.post(t, key)
+			assertExecuted(t, first)
+			for i := range 3 {
+				assertReplayOf(t, first, in.post(t, key), "retry %d", i)
+			}
+			assert.Equal(t, int64(1), runs.Load(), "handler runs")
 		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"runtime"
 	"runtime/metrics"
 	"sync/atomic"
@@ -116,6 +117,60 @@ func BenchmarkClaimCompletedParallel(b *testing.B) {
 			i++
 			res, err := s.Claim(ctx, keys[i%n], "other", time.Minute)
 			if err != nil || res.State != idempotency.StateCompleted {
+				b.Error(res.State, err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkClaimFullParallel measures a refusal: claims of new keys in a
+// store full of live claims, which search it for room in vain.
+func BenchmarkClaimFullParallel(b *testing.B) {
+	const n = 1024
+	s := memory.New(memory.WithMaxRecords(n))
+	ctx := b.Context()
+	for _, key := range benchKeys(n) {
+		if _, err := s.Claim(ctx, key, benchToken, time.Hour); err != nil {
+			b.Fatal(err)
+		}
+	}
+	keys := benchKeys(n + 1024)[n:]
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(1)) * 7919
+		for pb.Next() {
+			i++
+			if _, err := s.Claim(ctx, keys[i%len(keys)], benchToken, time.Hour); !errors.Is(err, memory.ErrFull) {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkClaimFullOfExpiredParallel measures claims in a store that is
+// always full of entries whose lease has passed: every claim's lease is a
+// nanosecond, so each claim that finds the store full drops expired ones.
+func BenchmarkClaimFullOfExpiredParallel(b *testing.B) {
+	const n = 1024
+	s := memory.New(memory.WithMaxRecords(n))
+	ctx := b.Context()
+	for _, key := range benchKeys(n) {
+		if _, err := s.Claim(ctx, key, benchToken, time.Nanosecond); err != nil {
+			b.Fatal(err)
+		}
+	}
+	keys := benchKeys(b.N + n)[n:]
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			res, err := s.Claim(ctx, keys[next.Add(1)-1], benchToken, time.Nanosecond)
+			if err != nil || res.State != idempotency.StateClaimed {
 				b.Error(res.State, err)
 				return
 			}

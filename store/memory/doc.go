@@ -14,11 +14,12 @@
 //   - Leases and record expiries run on the store's own monotonic clock, so
 //     changes of the wall clock do not shorten or lengthen them.
 //   - It is bounded: it holds at most [WithMaxRecords] claims and records
-//     together. When it is full, a new claim first makes it drop the entries
-//     whose lease or expiry has passed; if that frees nothing the claim fails
+//     together. When it is full, a new claim makes it drop the entries whose
+//     lease or expiry has passed; only when none is left does the claim fail
 //     with an error wrapping [ErrFull], which the engine answers as a store
-//     failure. It never evicts a live claim or an unexpired record to make
-//     room.
+//     failure. However many claims race for the room, none is refused while
+//     an expired entry could make room for it. It never evicts a live claim
+//     or an unexpired record to make room.
 //   - It implements [idempotency.Waiter]: a duplicate request waits on a
 //     channel, without polling, and is woken when the claim is completed or
 //     released or when its lease runs out.

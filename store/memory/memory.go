@@ -91,16 +91,18 @@ func New(opts ...Option) *Store {
 // modified. It stays valid and unchanged for as long as the caller keeps it,
 // and keeps that memory alive meanwhile.
 //
-// When the store is full, Claim first drops expired entries and, if that
-// frees nothing, returns an error wrapping [ErrFull]. It returns an error
-// too for a lease that is not positive. It never blocks on ctx.
+// When the store is full, Claim drops expired entries to make room, and
+// returns an error wrapping [ErrFull] only when none is left: however many
+// claims race for the room, none is refused while an expired entry could
+// make room for it. It returns an error too for a lease that is not
+// positive. It never blocks on ctx.
 func (s *Store) Claim(_ context.Context, key, token string, lease time.Duration) (idempotency.ClaimResult, error) {
 	if lease <= 0 {
 		return idempotency.ClaimResult{}, fmt.Errorf("memory: claim with lease %v: the lease must be positive", lease)
 	}
 	h := s.hashOf(key)
 	sh := s.shard(h)
-	for retried := false; ; retried = true {
+	for {
 		now := s.now()
 		sh.mu.Lock()
 		if i, _ := s.live(sh, h, key, now); i != none {
@@ -137,7 +139,9 @@ func (s *Store) Claim(_ context.Context, key, token string, lease time.Duration)
 		}
 		s.count.Add(-1)
 		sh.mu.Unlock()
-		if retried || !s.makeRoom(now) {
+		// Others may take the room made before this claim comes back for
+		// it; it then makes room again, until nothing expired is left.
+		if !s.makeRoom() {
 			return idempotency.ClaimResult{}, s.errFull
 		}
 	}
@@ -343,23 +347,27 @@ func (s *Store) remove(sh *shard, h uint64, i, prev int32, key string) {
 	sh.compact()
 }
 
-// makeRoom drops expired entries from the shards, one after another, until
-// one of them frees some. It reports whether the store has room now.
-func (s *Store) makeRoom(now int64) bool {
+// makeRoom drops expired entries, shard after shard, until the store has
+// room for one more entry, and reports whether it has. It reports false
+// only when it found the store full after looking at every shard, and so
+// holding nothing that had expired when it began. Searches run
+// concurrently, each from a shard of its own: one that finds a shard just
+// swept by another goes on to the next.
+func (s *Store) makeRoom() bool {
+	now := s.now()
 	start := s.cursor.Add(1)
 	for i := range uint32(shardCount) {
 		sh := &s.shards[(start+i)%shardCount]
 		sh.mu.Lock()
-		freed := 0
 		if now >= sh.earliest {
-			freed = s.sweep(sh, now)
+			s.sweep(sh, now)
 		}
 		sh.mu.Unlock()
-		if freed > 0 {
-			break
+		if s.count.Load() < s.max {
+			return true
 		}
 	}
-	return s.count.Load() < s.max
+	return false
 }
 
 // sweep deletes the shard's expired entries and returns how many it

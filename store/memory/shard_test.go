@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -336,6 +340,105 @@ func TestSweep(t *testing.T) {
 	checkInvariants(t, s)
 	assertState(t, s, "key-0000", idempotency.StateClaimed, nil)
 	assertState(t, s, "key-0001", idempotency.StateInFlight, nil)
+}
+
+// TestFullOfExpiredConcurrent checks SPEC §8.2: a store full of expired
+// entries refuses none of many concurrent claims while an expired entry
+// could make room for it, and refuses a claim once it is full of live ones.
+// The claims race for room in many rounds, each on a store filled anew.
+//
+// Not parallel: it raises GOMAXPROCS, so that the claims race on more
+// threads than a small machine has cores and are preempted anywhere, as on
+// a busy server; no parallel test runs meanwhile.
+func TestFullOfExpiredConcurrent(t *testing.T) { //nolint:tparallel // not parallel while it raises GOMAXPROCS
+	procs := runtime.GOMAXPROCS(max(8, runtime.GOMAXPROCS(0)))
+	t.Cleanup(func() { runtime.GOMAXPROCS(procs) })
+	const rounds = 20
+	tests := []struct {
+		name       string
+		maxRecords int
+		workers    int
+		// records fills the store with completed records, not claims.
+		records bool
+		// apart puts the new keys in a shard of their own.
+		apart bool
+	}{
+		{name: "claims", maxRecords: 512, workers: 64},
+		{name: "records", maxRecords: 512, workers: 64, records: true},
+		{name: "fewer entries than workers", maxRecords: 16, workers: 64},
+		{name: "new keys apart", maxRecords: 512, workers: 64, apart: true},
+		{name: "new keys apart, an expired entry per shard", maxRecords: shardCount - 1, workers: 64, apart: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := New(WithMaxRecords(tt.maxRecords))
+			if tt.apart {
+				s.hash = newKeysApart(s)
+			}
+			ctx := t.Context()
+			for round := range rounds {
+				// Empty the store, fill it, and let every entry expire.
+				advance(s, 2*time.Minute)
+				sweepAll(s)
+				require.Zero(t, s.count.Load())
+				for i := range tt.maxRecords {
+					key := fmt.Sprintf("old-%d-%d", round, i)
+					if tt.records {
+						complete(t, s, key, []byte(key), time.Minute)
+						continue
+					}
+					res, err := s.Claim(ctx, key, "token", time.Minute)
+					require.NoError(t, err)
+					require.Equal(t, idempotency.StateClaimed, res.State)
+				}
+				advance(s, 2*time.Minute)
+
+				var (
+					claimed atomic.Int64
+					wg      sync.WaitGroup
+				)
+				start := make(chan struct{})
+				for w := range tt.workers {
+					wg.Go(func() {
+						<-start
+						for i := w; i < tt.maxRecords; i += tt.workers {
+							res, err := s.Claim(ctx, fmt.Sprintf("new-%d-%d", round, i), "token", time.Minute)
+							if assert.NoError(t, err, "round %d: claim %d of %d, in a store full of expired entries", round, i, tt.maxRecords) &&
+								assert.Equal(t, idempotency.StateClaimed, res.State) {
+								claimed.Add(1)
+							}
+						}
+					})
+				}
+				close(start)
+				wg.Wait()
+				require.Equal(t, int64(tt.maxRecords), claimed.Load(), "round %d: claims accepted", round)
+				checkInvariants(t, s)
+
+				// Full of live claims now: a claim is refused, and nothing
+				// live was dropped to make room.
+				_, err := s.Claim(ctx, "one too many", "token", time.Minute)
+				require.ErrorIs(t, err, ErrFull, "round %d", round)
+				for i := range tt.maxRecords {
+					assertState(t, s, fmt.Sprintf("new-%d-%d", round, i), idempotency.StateInFlight, nil)
+				}
+			}
+		})
+	}
+}
+
+// newKeysApart puts the keys that begin with "new-" in the last shard, and
+// every other key in the others: claims of new keys then find no expired
+// entry in their own shard, and only the search for room can free one.
+func newKeysApart(s *Store) func(string) uint64 {
+	return func(key string) uint64 {
+		h := maphash.String(s.seed, key)
+		if strings.HasPrefix(key, "new-") {
+			return h | (shardCount - 1)
+		}
+		return h&^(shardCount-1) | h%(shardCount-1)
+	}
 }
 
 func TestWaitOnCollidingKeys(t *testing.T) {

@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"math"
 	"strconv"
 	"sync"
 	"testing"
@@ -164,6 +165,31 @@ func TestDeadlineAfter(t *testing.T) {
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, deadlineAfter(tt.start, tt.ttl), tt.name)
 	}
+}
+
+func TestMillis(t *testing.T) {
+	t.Parallel()
+	maxMillis := int64(MaxTTL / time.Millisecond)
+	tests := []struct {
+		name string
+		d    time.Duration
+		want int64
+	}{
+		{name: "nanosecond rounds up", d: time.Nanosecond, want: 1},
+		{name: "whole milliseconds", d: 1500 * time.Millisecond, want: 1500},
+		{name: "fraction rounds up", d: 1500*time.Millisecond + 1, want: 1501},
+		{name: "just under the cap", d: MaxTTL - time.Millisecond, want: maxMillis - 1},
+		{name: "the cap", d: MaxTTL, want: maxMillis},
+		{name: "past the cap", d: MaxTTL + 1, want: maxMillis},
+		{name: "longest duration", d: math.MaxInt64, want: maxMillis},
+		{name: "rounding would overflow", d: math.MaxInt64 - time.Millisecond + 2, want: maxMillis},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, millis(tt.d), tt.name)
+	}
+	// Redis refuses a TTL whose sum with its clock, in milliseconds since
+	// 1970, overflows; the cap leaves that clock millennia.
+	assert.Less(t, maxMillis, math.MaxInt64-time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli())
 }
 
 // TestDecodeClaimCompleted checks the completed answer of the claim script,

@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  storage key
 -- ARGV[1]  claim value: "c" followed by the token
--- ARGV[2]  lease, in milliseconds (> 0)
+-- ARGV[2]  lease, in milliseconds (> 0, at most MaxTTL, which Redis accepts)
 -- ARGV[3]  the same claim marked by a waiter: "w" followed by the token
 --
 -- Values: "c"..token is a claim, "w"..token a claim that a waiter has marked,

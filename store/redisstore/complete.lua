@@ -4,7 +4,7 @@
 -- ARGV[1]  the caller's claim: "c" followed by the token
 -- ARGV[2]  the same claim marked by a waiter: "w" followed by the token
 -- ARGV[3]  record value: "d" followed by the record bytes
--- ARGV[4]  expiry, in milliseconds; 0 means never
+-- ARGV[4]  expiry, in milliseconds (at most MaxTTL, which Redis accepts); 0 means never
 -- ARGV[5]  wake-up channel
 --
 -- Reply: 1 done; 0 the key is not this token's live claim, nothing changed.

@@ -25,6 +25,9 @@
 //     [idempotency.ErrNotHeld] and change nothing.
 //   - Leases and record expiry are Redis's own key TTLs (PX); a record
 //     stored with expiry zero has no TTL at all. Time is Redis's clock.
+//     Every duration works: one is rounded up to whole milliseconds, so a
+//     nanosecond lasts one, and one longer than [MaxTTL], a century, lasts
+//     MaxTTL, as Redis refuses a TTL that overflows its clock.
 //   - Every script touches exactly one key, the prefix followed by the
 //     storage key, so the store works on a Redis Cluster, whose slots the
 //     keys spread over unless the prefix has a hash tag.

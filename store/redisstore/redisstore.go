@@ -139,7 +139,8 @@ func contextTimeoutEnabled(client redis.UniversalClient) (enabled, known bool) {
 // Claim claims key for token in one round trip, or reports what the key
 // holds: another live claim, with its lease left, or a completed record.
 // With [WithLocalCache], a key whose completed record the store has in its
-// cache is answered from there, with no round trip.
+// cache is answered from there, with no round trip. A lease longer than
+// [MaxTTL] lasts MaxTTL.
 func (s *Store) Claim(ctx context.Context, key, token string, lease time.Duration) (idempotency.ClaimResult, error) {
 	if lease <= 0 {
 		return idempotency.ClaimResult{}, fmt.Errorf("redisstore: claim: lease must be positive, got %v", lease)
@@ -221,7 +222,8 @@ func recordTTL(reply any) time.Duration {
 }
 
 // Complete replaces token's live claim on key with record, which Redis then
-// expires after expiry (zero: never), in one round trip. If a waiter marked
+// expires after expiry (zero: never; longer than [MaxTTL]: MaxTTL), in one
+// round trip. If a waiter marked
 // the claim, the same script publishes its wake-up. With [WithLocalCache],
 // the store then keeps the record in its cache.
 func (s *Store) Complete(ctx context.Context, key, token string, record []byte, expiry time.Duration) error {
@@ -250,7 +252,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, record []byte, 
 	if s.cache != nil {
 		// Redis set the expiry after the request was sent. The value is
 		// this call's own copy, which nothing else writes to.
-		ttl := expiry
+		ttl := min(expiry, MaxTTL)
 		if expiry == 0 {
 			ttl = -1
 		}
@@ -270,7 +272,8 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 }
 
 // Renew sets the lease of token's live claim on key to lease from now, in
-// one round trip. It never touches a completed record.
+// one round trip; a lease longer than [MaxTTL] lasts MaxTTL. It never
+// touches a completed record.
 func (s *Store) Renew(ctx context.Context, key, token string, lease time.Duration) error {
 	if lease <= 0 {
 		return fmt.Errorf("redisstore: renew: lease must be positive, got %v", lease)
@@ -312,8 +315,17 @@ func decodeDone(op string, reply any, err error) error {
 	return fmt.Errorf("redisstore: %s: %w", op, errBadReply)
 }
 
-// millis rounds d up to whole milliseconds, the unit of PX and PEXPIRE, so
-// that a lease or expiry is never shorter than asked.
+// MaxTTL is the longest lease or record expiry that the store gives a key.
+// A longer one, up to [math.MaxInt64] nanoseconds, is cut to MaxTTL rather
+// than refused: Redis adds a TTL to its clock in milliseconds and refuses a
+// sum that overflows, and a century is as good as never for a claim or a
+// record.
+const MaxTTL = 100 * 365 * 24 * time.Hour
+
+// millis returns d in whole milliseconds, the unit of PX and PEXPIRE: rounded
+// up, so that a lease or expiry is never shorter than asked and a positive
+// one is never zero, and cut to [MaxTTL], so that Redis accepts it.
 func millis(d time.Duration) int64 {
+	d = min(d, MaxTTL)
 	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }

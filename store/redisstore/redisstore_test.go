@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -319,6 +320,28 @@ func TestTTLs(t *testing.T) { //nolint:tparallel // the subtests share one store
 		require.NoError(t, err)
 		require.NoError(t, s.Complete(ctx, key, token, []byte("r"), 0))
 		assert.Equal(t, time.Duration(-1), pttl(key), "a record that never expires has no TTL (PTTL -1)")
+	})
+	t.Run("huge lease is cut to MaxTTL", func(t *testing.T) {
+		key, token := storetest.Key(), newToken()
+		_, err := s.Claim(ctx, key, token, math.MaxInt64)
+		require.NoError(t, err)
+		assert.InDelta(t, redisstore.MaxTTL, pttl(key), float64(time.Minute), "the lease is cut to MaxTTL")
+
+		require.NoError(t, s.Renew(ctx, key, token, time.Second))
+		require.NoError(t, s.Renew(ctx, key, token, math.MaxInt64))
+		assert.InDelta(t, redisstore.MaxTTL, pttl(key), float64(time.Minute), "a renewal is cut to MaxTTL")
+
+		res, err := s.Claim(ctx, key, newToken(), time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, idempotency.StateInFlight, res.State)
+		assert.InDelta(t, redisstore.MaxTTL, res.LeaseLeft, float64(time.Minute), "in flight reports the lease left")
+	})
+	t.Run("huge expiry is cut to MaxTTL", func(t *testing.T) {
+		key, token := storetest.Key(), newToken()
+		_, err := s.Claim(ctx, key, token, time.Second)
+		require.NoError(t, err)
+		require.NoError(t, s.Complete(ctx, key, token, []byte("r"), math.MaxInt64))
+		assert.InDelta(t, redisstore.MaxTTL, pttl(key), float64(time.Minute), "the expiry is cut to MaxTTL")
 	})
 	t.Run("sub-millisecond lease rounds up", func(t *testing.T) {
 		key := storetest.Key()

@@ -3,7 +3,7 @@
 -- KEYS[1]  storage key
 -- ARGV[1]  the caller's claim: "c" followed by the token
 -- ARGV[2]  the same claim marked by a waiter: "w" followed by the token
--- ARGV[3]  lease, in milliseconds (> 0)
+-- ARGV[3]  lease, in milliseconds (> 0, at most MaxTTL, which Redis accepts)
 --
 -- Reply: 1 done; 0 the key is not this token's live claim, nothing changed
 -- (a completed record's expiry is never touched).

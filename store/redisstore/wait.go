@@ -114,7 +114,9 @@ func (s *Store) Wait(ctx context.Context, key string) error {
 	case left >= 0:
 		// Nobody publishes when a lease runs out: the waiter looks again
 		// as soon as Redis has expired the claim, unless it was renewed.
-		d = min(d, time.Duration(left)*time.Millisecond+leaseMargin)
+		// The lease left is cut to the poll interval first, so that a TTL
+		// of centuries, set by someone else, cannot overflow.
+		d = min(d, time.Duration(min(left, d.Milliseconds()))*time.Millisecond+leaseMargin)
 	case left < -2:
 		return fmt.Errorf("redisstore: wait: %w", errBadReply)
 	}
