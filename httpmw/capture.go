@@ -187,13 +187,13 @@ func (c *capture) Unwrap() http.ResponseWriter { return c.w }
 func (c *capture) finish(r *http.Request, exec *idempotency.Execution) notStored {
 	defer c.end()
 	if c.passing {
-		_ = exec.Release()
+		_ = exec.Skip(c.reason.String())
 		return c.reason
 	}
 	if !c.wrote && r.Context().Err() != nil {
 		// The handler gave up because its request ended; a retry must run
 		// it again.
-		_ = exec.Release()
+		_ = exec.Skip(requestEnded.String())
 		return requestEnded
 	}
 	if !c.wrote {
@@ -217,7 +217,7 @@ func (c *capture) finish(r *http.Request, exec *idempotency.Execution) notStored
 		clear(stored)
 		headerMaps.Put(stored)
 	} else {
-		_ = exec.Release()
+		_ = exec.Skip(reason.String())
 	}
 	c.w.WriteHeader(c.status)
 	if len(body) > 0 {

@@ -41,7 +41,6 @@ type middleware struct {
 	maxResponse  int64
 	stored       []string
 	problems     problems
-	warnings     *warnings
 }
 
 func newMiddleware(e *idempotency.Engine) *middleware {
@@ -68,7 +67,6 @@ func newMiddleware(e *idempotency.Engine) *middleware {
 		}
 	}
 	m.problems = newProblems(s)
-	m.warnings = newWarnings(s.Logger)
 	return m
 }
 
@@ -248,15 +246,12 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempote
 			// wrote is stored, and the panic goes on once the claim is
 			// released, so that a retry runs the handler again.
 			c.end()
-			_ = exec.Release()
-			h.m.warnings.notStored(r.Context(), req, panicked, nil)
+			_ = exec.Skip(panicked.String())
 		}
 	}()
 	h.next.ServeHTTP(c, r)
 	returned = true
-	if reason := c.finish(r, exec); reason != storedOK {
-		h.m.warnings.notStored(r.Context(), req, reason, w.Header()["Content-Type"])
-	}
+	c.finish(r, exec)
 }
 
 // bodyReader gives the handler the request body that the middleware read.

@@ -1,6 +1,7 @@
 package httpmw
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -44,6 +45,8 @@ type problems struct {
 	tooLarge    problem
 	unavailable problem
 	unreadable  problem
+	canceled    problem
+	deadline    problem
 	internal    problem
 }
 
@@ -81,6 +84,23 @@ func newProblems(s idempotency.Settings) problems {
 			title:  "Request body unreadable",
 			detail: "The request body could not be read.",
 		},
+		// The request's own context ended while the engine worked for it:
+		// the request's end, not a failure (SPEC §6.1). Its client is
+		// usually gone; an outer handler that is not sees why.
+		canceled: problem{
+			status: 499,
+			code:   connect.CodeCanceled,
+			typ:    "about:blank",
+			title:  "Request canceled",
+			detail: "The request ended before its idempotency key was claimed; nothing ran.",
+		},
+		deadline: problem{
+			status: http.StatusGatewayTimeout,
+			code:   connect.CodeDeadlineExceeded,
+			typ:    "about:blank",
+			title:  "Request deadline exceeded",
+			detail: "The request's deadline passed before its idempotency key was claimed; nothing ran.",
+		},
 		internal: problem{
 			status: http.StatusInternalServerError,
 			code:   connect.CodeInternal,
@@ -89,7 +109,7 @@ func newProblems(s idempotency.Settings) problems {
 			detail: "The idempotency middleware met an unexpected error.",
 		},
 	}
-	for _, p := range []*problem{&ps.unreadable, &ps.internal} {
+	for _, p := range []*problem{&ps.unreadable, &ps.canceled, &ps.deadline, &ps.internal} {
 		p.body = renderProblem(p.typ, p.title, p.status, p.detail)
 	}
 	ps.inFlight.retryAfter = []string{s.RetryAfterSeconds()}[:1:1]
@@ -162,6 +182,10 @@ func (ps *problems) lookup(err error) *problem {
 		return &ps.unavailable
 	case errors.Is(err, errBodyUnreadable):
 		return &ps.unreadable
+	case errors.Is(err, context.Canceled):
+		return &ps.canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return &ps.deadline
 	default:
 		return &ps.internal
 	}
