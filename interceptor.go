@@ -187,7 +187,7 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 			_ = exec.Release()
 		}
 	}()
-	res, err := next(ctx, req)
+	res, err := next(exec.Context(ctx), req)
 	returned = true
 
 	if contextEnded(ctx, err) {
@@ -202,8 +202,11 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 		_ = exec.Release()
 		return res, err
 	}
-	// Complete logs its failures; the client gets its answer regardless.
-	_ = exec.Complete(&rec)
+	// Complete logs its failures; the client gets its answer regardless,
+	// unless the answer describes writes that were rolled back.
+	if cErr := exec.Complete(&rec); errors.Is(cErr, ErrNotCommitted) {
+		return nil, i.libraryError(cErr)
+	}
 	return res, err
 }
 

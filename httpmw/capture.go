@@ -210,9 +210,16 @@ func (c *capture) finish(r *http.Request, exec *idempotency.Execution) {
 		rec := idempotency.Record{Status: c.status, Header: stored, Body: body}
 		// Complete encodes the record before it returns, so the header
 		// map and the body buffer can be reused afterwards.
-		_ = exec.Complete(&rec)
+		err := exec.Complete(&rec)
 		clear(stored)
 		headerMaps.Put(stored)
+		if errors.Is(err, idempotency.ErrNotCommitted) {
+			// The handler's writes were rolled back: its answer, headers
+			// included, describes work that did not happen.
+			clear(h)
+			c.m.problems.write(c.w, err)
+			return
+		}
 	} else {
 		_ = exec.Release()
 	}
