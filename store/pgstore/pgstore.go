@@ -23,13 +23,21 @@ import (
 // as whole microseconds; NULL for an expiry means never.
 const (
 	// claimSQL claims a key that holds nothing live, or that holds the
-	// same token's live claim, and otherwise reads what it holds. Its
-	// second half reads the statement's snapshot, which may predate a row
-	// that the INSERT found committed since; the caller then sends it
-	// again.
-	claimSQL = `WITH claimed AS (
+	// same token's live claim, and otherwise reads what it holds. It reads
+	// first: when the statement's snapshot shows a live record or another
+	// token's live claim, it answers from there and writes nothing, so a
+	// replay or a duplicate costs no write, no lock and no commit to disk.
+	// Otherwise the INSERT ... ON CONFLICT decides. Its answer can miss a
+	// row that another claim committed after the snapshot was taken (the
+	// INSERT sees it, the read does not); it then returns no row, or an
+	// expired one, and the caller sends it again.
+	claimSQL = `WITH current AS (
+	SELECT token, record, expires_at FROM TABLE
+	WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())
+), claimed AS (
 	INSERT INTO TABLE AS r (key, token, expires_at)
-	VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 microsecond')
+	SELECT $1, $2, clock_timestamp() + $3::bigint * interval '1 microsecond'
+	WHERE NOT EXISTS (SELECT FROM current WHERE token IS DISTINCT FROM $2)
 	ON CONFLICT (key) DO UPDATE
 	SET token = excluded.token, record = NULL, expires_at = excluded.expires_at
 	WHERE r.expires_at <= clock_timestamp() OR r.token = excluded.token
@@ -38,8 +46,8 @@ const (
 SELECT true, NULL::bytea, NULL::bigint FROM claimed
 UNION ALL
 SELECT false, record, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
-FROM TABLE
-WHERE key = $1 AND NOT EXISTS (SELECT FROM claimed)`
+FROM current
+WHERE NOT EXISTS (SELECT FROM claimed) AND token IS DISTINCT FROM $2`
 
 	// live is the condition of a token's live claim; $1 is the key and $2
 	// the token.
