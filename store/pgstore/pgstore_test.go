@@ -38,10 +38,10 @@ func TestInspectForgetCount(t *testing.T) {
 	time.Sleep(5 * time.Millisecond) // the database's clock runs on meanwhile
 
 	tests := []struct {
-		name                 string
-		key                  string
-		wantState            idempotency.State
-		wantRecord           []byte
+		name                   string
+		key                    string
+		wantState              idempotency.State
+		wantRecord             []byte
 		wantTTLMin, wantTTLMax time.Duration
 	}{
 		{name: "claim", key: claimed, wantState: idempotency.StateInFlight, wantTTLMin: 50 * time.Minute, wantTTLMax: time.Hour},
