@@ -19,7 +19,8 @@ func TestPoolReachesThrowawayDatabase(t *testing.T) {
 	var name string
 	require.NoError(t, pool.QueryRow(t.Context(), "SELECT current_database()").Scan(&name))
 	assert.True(t, strings.HasPrefix(name, "pgtest_"), "database %q", name)
-	assert.Equal(t, URL(t), URL(t), "one database per test binary")
+	first := URL(t)
+	assert.Equal(t, first, URL(t), "one database per test binary")
 }
 
 // TestStartServer starts and stops a throwaway server, as the tests do

@@ -67,15 +67,11 @@ func TestConnectHandlerCommitsInTx(t *testing.T) {
 	pool := newPool(t, nil)
 	store := newStore(t, pool)
 	l := newLedger(t, pool)
-	var fail atomic.Pointer[func() error]
-	client := serveConnect(t, &payments{ledger: l, writer: "rpc", fail: func() error {
-		if f := fail.Load(); f != nil {
-			return (*f)()
-		}
-		return nil
-	}}, store, idempotency.WithStorePolicy(idempotency.StoreUnlessServerError))
+	policy := idempotency.WithStorePolicy(idempotency.StoreUnlessServerError)
 
 	t.Run("stored", func(t *testing.T) {
+		t.Parallel()
+		client := serveConnect(t, &payments{ledger: l, writer: "rpc"}, store, policy)
 		key, order := rand.Text(), rand.Text()
 		res, err := client.Charge(t.Context(), chargeOf(key, order))
 		require.NoError(t, err)
@@ -99,10 +95,16 @@ func TestConnectHandlerCommitsInTx(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var failed atomic.Bool
+			client := serveConnect(t, &payments{ledger: l, writer: "rpc", fail: func() error {
+				if failed.Swap(true) {
+					return nil // the retry succeeds
+				}
+				return tt.fail()
+			}}, store, policy)
 			key, order := rand.Text(), rand.Text()
-			fail.Store(&tt.fail)
 			_, err := client.Charge(t.Context(), chargeOf(key, order))
-			fail.Store(nil)
 			require.Equal(t, tt.wantCode, connect.CodeOf(err), "%v", err)
 			res, err := client.Charge(t.Context(), chargeOf(key, order))
 			if tt.wantCode == connect.CodeNotFound {

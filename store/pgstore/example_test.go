@@ -24,7 +24,8 @@ func Example() {
 	}
 	defer pool.Close()
 	if err := pgstore.Migrate(ctx, pool); err != nil {
-		log.Fatal(err)
+		log.Print(err)
+		return
 	}
 	store := pgstore.New(pool)
 	defer store.Close() // before pool.Close: the store does not own the pool
@@ -49,7 +50,7 @@ func Example() {
 	})
 	mux := http.NewServeMux()
 	mux.Handle("POST /charges", httpmw.New(store)(charge))
-	log.Fatal(http.ListenAndServe(":8080", mux))
+	log.Print(http.ListenAndServe(":8080", mux))
 }
 
 // A test of a handler runs it on a transaction of its own, which it rolls
@@ -63,7 +64,8 @@ func ExampleContextWithTx() {
 	defer pool.Close()
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		log.Fatal(err)
+		log.Print(err)
+		return
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
 

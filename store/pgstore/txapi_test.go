@@ -61,25 +61,34 @@ func TestTxOwnedByLibrary(t *testing.T) {
 		ctx := r.Context()
 		kept = ctx
 		tx, err := pgstore.Tx(ctx)
-		require.NoError(t, err)
+		if !assert.NoError(t, err) {
+			return
+		}
 		again, err := pgstore.Tx(ctx)
-		require.NoError(t, err)
+		if !assert.NoError(t, err) {
+			return
+		}
 		assert.Equal(t, tx.Conn(), again.Conn(), "one transaction per request")
 		assert.ErrorIs(t, tx.Commit(ctx), pgstore.ErrTxOwned)
 		assert.ErrorIs(t, tx.Rollback(ctx), pgstore.ErrTxOwned)
 
 		_, err = l.charge(ctx, order, "main")
-		require.NoError(t, err)
+		assert.NoError(t, err)
 		for _, keep := range []bool{false, true} {
 			sp, err := tx.Begin(ctx)
-			require.NoError(t, err)
-			_, err = sp.Exec(ctx, "INSERT INTO "+l.table+" (order_id, writer) VALUES ($1, $2)", order,
-				map[bool]string{false: "rolled back", true: "savepoint"}[keep])
-			require.NoError(t, err)
+			if !assert.NoError(t, err) {
+				return
+			}
+			writer := "rolled back"
 			if keep {
-				require.NoError(t, sp.Commit(ctx))
+				writer = "savepoint"
+			}
+			_, err = sp.Exec(ctx, "INSERT INTO "+l.table+" (order_id, writer) VALUES ($1, $2)", order, writer)
+			assert.NoError(t, err)
+			if keep {
+				assert.NoError(t, sp.Commit(ctx))
 			} else {
-				require.NoError(t, sp.Rollback(ctx))
+				assert.NoError(t, sp.Rollback(ctx))
 			}
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -137,7 +146,7 @@ func TestTxNotStored(t *testing.T) {
 			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				runs++
 				_, err := l.charge(r.Context(), order, "x")
-				require.NoError(t, err)
+				assert.NoError(t, err)
 				if runs == 1 {
 					tx, _ := pgstore.Tx(r.Context())
 					tt.after(w, tx)
