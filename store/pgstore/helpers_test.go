@@ -194,7 +194,7 @@ type statements struct {
 func (s *statements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.sqls = append(s.sqls, firstWords(data.SQL))
+	s.sqls = append(s.sqls, statementName(data.SQL))
 	return ctx
 }
 
@@ -209,8 +209,17 @@ func (s *statements) take() []string {
 	return sqls
 }
 
-// firstWords names a statement by its first word, in lower case.
-func firstWords(sql string) string {
+// statementName names a statement of the store by what it does, and any
+// other by its first word, in lower case.
+func statementName(sql string) string {
+	switch {
+	case strings.Contains(sql, "ON CONFLICT"):
+		return "claim"
+	case strings.Contains(sql, "SET token = NULL, record = $3"):
+		return "complete"
+	case strings.Contains(sql, "DELETE FROM") && strings.Contains(sql, "token = $2"):
+		return "release"
+	}
 	f := strings.Fields(strings.ToLower(sql))
 	if len(f) == 0 {
 		return ""

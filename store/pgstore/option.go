@@ -18,9 +18,9 @@ const (
 	// DefaultSweepBatch is how many rows one sweep statement deletes at
 	// most without [WithSweepBatch].
 	DefaultSweepBatch = 1000
-	// DefaultPollInterval is how often a waiting duplicate looks at the key
-	// without [WithPollInterval].
-	DefaultPollInterval = 50 * time.Millisecond
+	// DefaultPollInterval is the longest a waiting duplicate waits for a
+	// notification without [WithPollInterval].
+	DefaultPollInterval = time.Second
 )
 
 // An Option configures a [Store], and [Migrate] and [Schema] for the options
@@ -114,11 +114,14 @@ func WithSweepBatch(n int) Option {
 	return optionFunc(func(c *config) { c.sweepBatch = n })
 }
 
-// WithPollInterval sets how often [Store.Wait] looks at an in-flight key:
-// a waiting duplicate sends one statement per interval, and never waits
-// past the lease it last saw. It panics if d is not positive.
+// WithPollInterval sets the longest time [Store.Wait] waits for a
+// notification before it returns anyway, so that its caller looks at the
+// key again. It only matters when a notification is lost, or while the
+// listening connection is down. A waiting duplicate sends two statements
+// per interval at most (the engine's claim and the next Wait's mark). It
+// panics if d is not positive.
 //
-// By default, the interval is [DefaultPollInterval], 50 ms.
+// By default, the interval is [DefaultPollInterval], 1 s.
 func WithPollInterval(d time.Duration) Option {
 	if d <= 0 {
 		panic("pgstore: WithPollInterval: interval must be positive, got " + d.String())

@@ -39,7 +39,7 @@ const (
 	SELECT $1, $2, clock_timestamp() + $3::bigint * interval '1 microsecond'
 	WHERE NOT EXISTS (SELECT FROM current WHERE token IS DISTINCT FROM $2)
 	ON CONFLICT (key) DO UPDATE
-	SET token = excluded.token, record = NULL, expires_at = excluded.expires_at
+	SET token = excluded.token, record = NULL, expires_at = excluded.expires_at, waiting = false
 	WHERE r.expires_at <= clock_timestamp() OR r.token = excluded.token
 	RETURNING 1
 )
@@ -53,19 +53,32 @@ WHERE NOT EXISTS (SELECT FROM claimed) AND token IS DISTINCT FROM $2`
 	// the token.
 	live = `key = $1 AND token = $2 AND expires_at > clock_timestamp()`
 
-	completeSQL = `UPDATE TABLE
-SET token = NULL, record = $3, expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond'
-WHERE ` + live
+	// completeSQL and releaseSQL end a live claim and, if a waiter marked
+	// it, notify the key on the table's channel. They answer how many rows
+	// they changed (zero or one) and how many notifications they sent.
+	completeSQL = `WITH done AS (
+	UPDATE TABLE
+	SET token = NULL, record = $3, expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond'
+	WHERE ` + live + `
+	RETURNING waiting
+)
+SELECT count(*), count(pg_notify(CHANNEL, $1)) FILTER (WHERE waiting) FROM done`
 
-	releaseSQL = `DELETE FROM TABLE WHERE ` + live
+	releaseSQL = `WITH done AS (
+	DELETE FROM TABLE WHERE ` + live + `
+	RETURNING waiting
+)
+SELECT count(*), count(pg_notify(CHANNEL, $1)) FILTER (WHERE waiting) FROM done`
 
 	renewSQL = `UPDATE TABLE
 SET expires_at = clock_timestamp() + $3::bigint * interval '1 microsecond'
 WHERE ` + live
 
-	// leaseLeftSQL reads the lease left of the key's live claim, if any.
-	leaseLeftSQL = `SELECT (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
-FROM TABLE WHERE key = $1 AND token IS NOT NULL AND expires_at > clock_timestamp()`
+	// markSQL marks the key's live claim as waited for, and reads its
+	// lease left.
+	markSQL = `UPDATE TABLE SET waiting = true
+WHERE key = $1 AND token IS NOT NULL AND expires_at > clock_timestamp()
+RETURNING (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint`
 
 	inspectSQL = `SELECT token IS NOT NULL, record,
 	(extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
@@ -119,7 +132,7 @@ var errUnsettled = errors.New("pgstore: the key changed during every attempt to 
 
 // queries are the statements with the store's table in place.
 type queries struct {
-	claim, complete, release, renew, leaseLeft, inspect, forget, count, sweep string
+	claim, complete, release, renew, mark, inspect, forget, count, sweep string
 }
 
 // Store is an [idempotency.Store] on a PostgreSQL table, through a
@@ -137,9 +150,12 @@ type Store struct {
 	txOptions pgx.TxOptions
 	q         queries
 
-	closeOnce sync.Once
-	stop      chan struct{}
-	sweeping  sync.WaitGroup
+	channel  string // the notification channel of the table
+	listener listener
+
+	closeOnce  sync.Once
+	stop       chan struct{}  // closed by Close
+	background sync.WaitGroup // the sweep and the listener
 }
 
 var (
@@ -161,7 +177,10 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 		panic("pgstore: New: nil pool")
 	}
 	cfg := newConfig(opts)
-	sql := func(s string) string { return strings.ReplaceAll(s, "TABLE", cfg.table) }
+	channel := channelOf(cfg.table)
+	sql := func(s string) string {
+		return strings.NewReplacer("TABLE", cfg.table, "CHANNEL", "'"+channel+"'").Replace(s)
+	}
 	s := &Store{
 		pool:      pool,
 		table:     cfg.table,
@@ -170,31 +189,33 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 		poll:      cfg.poll,
 		txOptions: cfg.txOptions,
 		q: queries{
-			claim:     sql(claimSQL),
-			complete:  sql(completeSQL),
-			release:   sql(releaseSQL),
-			renew:     sql(renewSQL),
-			leaseLeft: sql(leaseLeftSQL),
-			inspect:   sql(inspectSQL),
-			forget:    sql(forgetSQL),
-			count:     sql(countSQL),
-			sweep:     sql(sweepSQL),
+			claim:    sql(claimSQL),
+			complete: sql(completeSQL),
+			release:  sql(releaseSQL),
+			renew:    sql(renewSQL),
+			mark:     sql(markSQL),
+			inspect:  sql(inspectSQL),
+			forget:   sql(forgetSQL),
+			count:    sql(countSQL),
+			sweep:    sql(sweepSQL),
 		},
-		stop: make(chan struct{}),
+		channel: channel,
+		stop:    make(chan struct{}),
 	}
 	if cfg.sweepEvery > 0 {
-		s.sweeping.Add(1)
+		s.background.Add(1)
 		go s.sweepEvery(cfg.sweepEvery)
 	}
 	return s
 }
 
-// Close stops the background sweep and waits for a sweep in progress to
-// end. It does not close the pool, which belongs to the caller. Calling it
-// again does nothing.
+// Close stops the background sweep and closes the connection that
+// listens for notifications (see [Store.Wait]), and waits for them to end.
+// It does not close the pool, which belongs to the caller. Calling it again
+// does nothing.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() { close(s.stop) })
-	s.sweeping.Wait()
+	s.background.Wait()
 	return nil
 }
 
@@ -231,29 +252,25 @@ func (s *Store) Claim(ctx context.Context, key, token string, lease time.Duratio
 }
 
 // Complete implements [idempotency.Store] in one statement, an UPDATE that
-// compares and sets on the token and the live lease.
+// compares and sets on the token and the live lease (and notifies the
+// key's waiters, if any).
 func (s *Store) Complete(ctx context.Context, key, token string, record []byte, expiry time.Duration) error {
-	return s.exec(ctx, "complete", s.q.complete, key, token, record, expiryMicros(expiry))
+	return ended("complete", s.pool.QueryRow(ctx, s.q.complete, key, token, record, expiryMicros(expiry)))
 }
 
 // Release implements [idempotency.Store] in one statement, a DELETE that
-// compares on the token and the live lease.
+// compares on the token and the live lease (and notifies the key's
+// waiters, if any).
 func (s *Store) Release(ctx context.Context, key, token string) error {
-	return s.exec(ctx, "release", s.q.release, key, token)
+	return ended("release", s.pool.QueryRow(ctx, s.q.release, key, token))
 }
 
 // Renew implements [idempotency.Store] in one statement, an UPDATE that
 // compares and sets on the token and the live lease.
 func (s *Store) Renew(ctx context.Context, key, token string, lease time.Duration) error {
-	return s.exec(ctx, "renew", s.q.renew, key, token, micros(lease))
-}
-
-// exec runs one compare-and-set statement; no row changed means the token
-// holds no live claim.
-func (s *Store) exec(ctx context.Context, op, sql string, args ...any) error {
-	tag, err := s.pool.Exec(ctx, sql, args...)
+	tag, err := s.pool.Exec(ctx, s.q.renew, key, token, micros(lease))
 	if err != nil {
-		return fmt.Errorf("pgstore: %s: %w", op, err)
+		return fmt.Errorf("pgstore: renew: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
 		return idempotency.ErrNotHeld
@@ -261,36 +278,17 @@ func (s *Store) exec(ctx context.Context, op, sql string, args ...any) error {
 	return nil
 }
 
-// Wait implements [idempotency.Waiter] by polling: it reads the lease left
-// of the key's live claim, one statement per poll interval (see
-// [WithPollInterval]), and returns once there is none or ctx ends.
-func (s *Store) Wait(ctx context.Context, key string) error {
-	var timer *time.Timer
-	for {
-		var left int64
-		err := s.pool.QueryRow(ctx, s.q.leaseLeft, key).Scan(&left)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return nil
-		case err != nil:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("pgstore: wait: %w", err)
-		}
-		d := min(s.poll, time.Duration(left)*time.Microsecond)
-		if timer == nil {
-			timer = time.NewTimer(d)
-			defer timer.Stop()
-		} else {
-			timer.Reset(d)
-		}
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+// ended reads the answer of a statement that ends a claim: no row changed
+// means the token holds no live claim.
+func ended(op string, row pgx.Row) error {
+	var changed, notified int64
+	if err := row.Scan(&changed, &notified); err != nil {
+		return fmt.Errorf("pgstore: %s: %w", op, err)
 	}
+	if changed == 0 {
+		return idempotency.ErrNotHeld
+	}
+	return nil
 }
 
 // Inspect implements [idempotency.Inspector] in one statement.
@@ -361,7 +359,7 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 }
 
 func (s *Store) sweepEvery(d time.Duration) {
-	defer s.sweeping.Done()
+	defer s.background.Done()
 	ticker := time.NewTicker(d)
 	defer ticker.Stop()
 	for {

@@ -202,3 +202,40 @@ func TestOptionsPanic(t *testing.T) {
 		})
 	}
 }
+
+// TestWaitIsNotified: a waiting duplicate sends one statement, however long
+// it waits, and is woken by the completion, long before its poll interval.
+func TestWaitIsNotified(t *testing.T) {
+	t.Parallel()
+	trace := &statements{}
+	pool := newPool(t, trace)
+	s := newStore(t, pool, pgstore.WithPollInterval(time.Minute))
+	ctx := t.Context()
+	key := storetest.Key()
+	mustClaim(t, s, key, "holder", time.Minute)
+	require.NoError(t, s.Wait(ctx, storetest.Key()), "a key without a claim returns at once")
+	trace.take()
+
+	done := make(chan error, 1)
+	go func() { done <- s.Wait(ctx, key) }()
+	var sent []string
+	require.Eventually(t, func() bool {
+		sent = append(sent, trace.take()...)
+		return len(sent) > 0
+	}, 5*time.Second, 5*time.Millisecond)
+	// However long it waits, nothing more is sent.
+	select {
+	case err := <-done:
+		require.Failf(t, "Wait returned before the claim ended", "%v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	assert.Equal(t, []string{"update"}, append(sent, trace.take()...), "the mark, and nothing else")
+
+	require.NoError(t, s.Complete(ctx, key, "holder", []byte("done"), time.Hour))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		require.Fail(t, "Wait was not woken by the completion")
+	}
+}

@@ -13,13 +13,15 @@ import (
 //
 // A row is a claim (token set, record null, expires_at the end of the
 // lease) or a completed record (token null, record set, expires_at its
-// expiry or null for never). A row whose expires_at has passed counts as
+// expiry or null for never). waiting marks a claim that a duplicate waits
+// for: ending it notifies. A row whose expires_at has passed counts as
 // absent, whether or not the sweep has deleted it yet.
 const schemaSQL = `CREATE TABLE IF NOT EXISTS %[1]s (
 	key        text COLLATE "C" PRIMARY KEY,
 	token      text,
 	record     bytea,
 	expires_at timestamptz,
+	waiting    boolean NOT NULL DEFAULT false,
 	CHECK ((token IS NULL) <> (record IS NULL)),
 	CHECK (token IS NULL OR expires_at IS NOT NULL)
 );

@@ -147,13 +147,7 @@ func (b *binding) CompleteTx(ctx context.Context, record []byte, expiry time.Dur
 		_ = tx.Rollback(ctx)
 		return true, fmt.Errorf("%w (status %q)", errTxState, status)
 	}
-	tag, err := tx.Exec(ctx, b.s.q.complete, b.key, b.token, record, expiryMicros(expiry))
-	if err == nil && tag.RowsAffected() == 0 {
-		err = idempotency.ErrNotHeld
-	} else if err != nil {
-		err = fmt.Errorf("pgstore: complete: %w", err)
-	}
-	if err != nil {
+	if err := ended("complete", tx.QueryRow(ctx, b.s.q.complete, b.key, b.token, record, expiryMicros(expiry))); err != nil {
 		_ = tx.Rollback(ctx)
 		return true, err
 	}

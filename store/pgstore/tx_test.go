@@ -228,9 +228,9 @@ func TestStatementsPerDecision(t *testing.T) {
 	}{
 		{name: "first execution in the handler's transaction", url: withTx.URL,
 			// claim; the handler's begin and insert; the record and commit
-			want: []string{"with", "begin", "insert", "update", "commit"}},
+			want: []string{"claim", "begin", "insert", "complete", "commit"}},
 		{name: "first execution without a transaction", url: withoutTx.URL,
-			want: []string{"with", "update"}},
+			want: []string{"claim", "complete"}},
 	}
 	for _, tt := range tests {
 		key, order := rand.Text(), rand.Text()
@@ -241,6 +241,6 @@ func TestStatementsPerDecision(t *testing.T) {
 
 		a = postUntil(t, http.DefaultClient, tt.url, key, order, time.Second)
 		require.True(t, a.replayed)
-		assert.Equal(t, []string{"with"}, trace.take(), tt.name+": replay")
+		assert.Equal(t, []string{"claim"}, trace.take(), tt.name+": replay")
 	}
 }
