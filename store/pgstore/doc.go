@@ -76,6 +76,13 @@
 //
 // # Waiting
 //
-// [Store] implements [idempotency.Waiter] by polling the key's lease, one
-// short statement per [WithPollInterval], never past the lease it last saw.
+// [Store] implements [idempotency.Waiter] with LISTEN/NOTIFY. A waiting
+// duplicate marks the claim it waits for, in one statement that also reads
+// the lease left; completing or releasing a marked claim notifies its key on
+// the table's channel, in the same statement as the compare-and-set (so a
+// completion nobody waits for notifies nothing, and one in a handler's
+// transaction notifies when it commits). One connection per store, opened
+// outside the pool on the first Wait and closed by [Store.Close], listens
+// and wakes the waiters. A waiter also looks again when the lease it read
+// runs out, and after [WithPollInterval] in case a notification was lost.
 package pgstore
