@@ -50,8 +50,8 @@ var ErrClosed = errors.New("pgstore: store closed")
 // notification arrives, when the lease it read has run out, after the poll
 // interval of [WithPollInterval] in case a notification was lost, or when
 // ctx ends (with ctx's error). It returns at once when the key holds no
-// live claim. A waiting duplicate sends one statement per wake-up, however
-// long it waits.
+// live claim, and [ErrClosed] once the store is closed. A waiting duplicate
+// sends one statement per wake-up, however long it waits.
 func (s *Store) Wait(ctx context.Context, key string) error {
 	if err := s.listen(ctx); err != nil {
 		return err
@@ -78,6 +78,8 @@ func (s *Store) Wait(ctx context.Context, key string) error {
 	case <-timer.C:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-s.stop:
+		return ErrClosed
 	}
 	return nil
 }
