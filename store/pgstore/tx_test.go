@@ -244,3 +244,33 @@ func TestStatementsPerDecision(t *testing.T) {
 		assert.Equal(t, []string{"claim"}, trace.take(), tt.name+": replay")
 	}
 }
+
+// TestLeaseCheckedAtCompletion: the lease is checked by the database's
+// clock when the record is written, not when the handler's transaction
+// began: a lease that ran out during the transaction cannot commit, even
+// when nobody took the key over.
+func TestLeaseCheckedAtCompletion(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, nil)
+	store := newStore(t, pool)
+	l := newLedger(t, pool)
+	key, order := rand.Text(), rand.Text()
+	res, err := store.Claim(t.Context(), key, "holder-token", 300*time.Millisecond)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.StateClaimed, res.State)
+	ctx, completer := store.BindTx(t.Context(), key, "holder-token")
+	_, err = l.charge(ctx, order, "holder") // the transaction begins here
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		e, err := store.Inspect(t.Context(), key)
+		return err == nil && e.State == 0
+	}, 10*time.Second, 10*time.Millisecond, "the lease runs out")
+
+	began, err := completer.CompleteTx(t.Context(), []byte("late"), time.Hour)
+	assert.True(t, began)
+	require.ErrorIs(t, err, idempotency.ErrNotHeld)
+	assert.Empty(t, l.writers(t, order), "rolled back")
+	res, err = store.Claim(t.Context(), key, "next", time.Minute)
+	require.NoError(t, err)
+	assert.Equal(t, idempotency.StateClaimed, res.State, "nothing stored")
+}
