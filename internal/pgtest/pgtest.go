@@ -81,12 +81,17 @@ func URL(tb testing.TB) string {
 }
 
 // Config returns a pool configuration for this test binary's database.
+// Its sessions commit without waiting for the disk (synchronous_commit
+// off): a shared server's fsyncs would otherwise stretch the timings of
+// tests that run in real time, and no test crashes the server, so what
+// they check is the same.
 func Config(tb testing.TB) *pgxpool.Config {
 	tb.Helper()
 	cfg, err := pgxpool.ParseConfig(URL(tb))
 	if err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}
+	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
 	return cfg
 }
 

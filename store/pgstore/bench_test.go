@@ -8,15 +8,20 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkey/idempotency"
+	"github.com/idemkey/idempotency/internal/pgtest"
 	"github.com/idemkey/idempotency/store/pgstore"
 )
 
 // BenchmarkFirstExecution compares a handler's own transaction (BEGIN,
 // INSERT, COMMIT) with the same work under the engine over pgstore, which
 // adds the claim and the record's write inside the transaction; and a
-// replay, the claim alone. PostgreSQL is reached over loopback.
+// replay, the claim alone. PostgreSQL is reached over loopback, and every
+// commit waits for the disk.
 func BenchmarkFirstExecution(b *testing.B) {
-	pool := newPool(b, nil)
+	cfg := pgtest.Config(b)
+	// Commits wait for the disk, as in production (pgtest turns that off).
+	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
+	pool := pgtest.NewPool(b, cfg)
 	store := newStore(b, pool)
 	l := newLedger(b, pool)
 	engine := idempotency.NewEngine(store, quiet)
