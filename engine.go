@@ -26,6 +26,7 @@ import (
 type Engine struct {
 	store   Store
 	waiter  Waiter
+	binder  TxBinder // the store's, or nil
 	cfg     *config
 	decoded decodedCache
 	// renewals renews the leases of the executions in progress.
@@ -48,6 +49,7 @@ func NewEngine(store Store, opts ...Option) *Engine {
 	e.retryAfter = e.Settings().RetryAfterSeconds()
 	e.renewals = newRenewals(e.cfg.lease / 3)
 	e.waiter, _ = store.(Waiter)
+	e.binder, _ = store.(TxBinder)
 	_, nonBlocking := store.(NonBlocking)
 	e.timed = !nonBlocking
 	return e
@@ -294,6 +296,7 @@ type Execution struct {
 	route string
 	fp    Fingerprint
 	ctx   context.Context
+	tx    TxCompleter // the handler's transaction, under a TxBinder; see tx.go
 
 	// Its place in the engine's renewal queue, guarded by the queue's lock.
 	prev, next *Execution
@@ -388,7 +391,9 @@ func (x *Execution) end() bool {
 // rejects releases the claim instead. It runs on a context detached from
 // the request's cancellation. On failure it logs, releases the claim if it
 // is still this execution's, and returns the error: the caller still
-// answers its client, and a retry may run the handler again. Complete does
+// answers its client, and a retry may run the handler again; but when the
+// error wraps [ErrNotCommitted], the handler's writes were rolled back and
+// the caller answers its store-unavailable error instead. Complete does
 // not keep rec, nor its headers or body, after it returns: the caller may
 // reuse them.
 func (x *Execution) Complete(rec *Record) error {
@@ -413,6 +418,11 @@ func (x *Execution) Complete(rec *Record) error {
 
 	ctx, cancel := x.e.storeContext(x.ctx)
 	defer cancel()
+	if x.tx != nil {
+		if began, err := x.completeTx(ctx, *buf); began {
+			return err
+		}
+	}
 	err := x.e.store.Complete(ctx, x.key, x.token, *buf, cfg.expiry)
 	switch {
 	case err == nil:
@@ -468,6 +478,9 @@ func (x *Execution) skip(reason string) error {
 func (x *Execution) release() error {
 	ctx, cancel := x.e.storeContext(x.ctx)
 	defer cancel()
+	if x.tx != nil {
+		x.rollbackTx(ctx)
+	}
 	err := x.e.store.Release(ctx, x.key, x.token)
 	if err != nil && !errors.Is(err, ErrNotHeld) {
 		x.e.cfg.logger.LogAttrs(ctx, slog.LevelError, "idempotency: releasing the claim failed",

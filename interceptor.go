@@ -175,18 +175,18 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 			_ = exec.Skip(ReasonPanic)
 		}
 	}()
-	res, err := next(ctx, req)
+	res, err := next(exec.Context(ctx), req)
 	returned = true
 
-	// Complete and Skip log their failures; the client gets its answer
-	// regardless.
+	// Complete and Skip log their failures.
 	info, _ := connect.CallInfoForHandlerContext(ctx)
+	var cErr error
 	switch {
 	case contextEnded(ctx, err):
 		_ = exec.Skip(ReasonContextEnded)
 	case err != nil:
 		rec := i.errorRecord(info, err)
-		_ = exec.Complete(&rec)
+		cErr = exec.Complete(&rec)
 	default:
 		msg, ok := anyMessage(res)
 		if !ok {
@@ -202,7 +202,12 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 		}
 		rec.Header = i.engine.AppendMetadata(rec.Header, res.Header())
 		rec.Trailer = i.engine.AppendMetadata(rec.Trailer, res.Trailer())
-		_ = exec.CompleteMessage(&rec, msg)
+		cErr = exec.CompleteMessage(&rec, msg)
+	}
+	// The client gets its answer regardless, unless the answer describes
+	// writes in the handler's transaction that were rolled back.
+	if errors.Is(cErr, ErrNotCommitted) {
+		return nil, i.libraryError(cErr)
 	}
 	return res, err
 }

@@ -182,19 +182,19 @@ func (c *capture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (c *capture) Unwrap() http.ResponseWriter { return c.w }
 
 // finish runs when the handler returned: it stores the response or
-// releases the claim, then delivers what the client has not got yet. It
-// returns why the response was not stored, or storedOK.
-func (c *capture) finish(r *http.Request, exec *idempotency.Execution) notStored {
+// releases the claim (saying why), then delivers what the client has not
+// got yet.
+func (c *capture) finish(r *http.Request, exec *idempotency.Execution) {
 	defer c.end()
 	if c.passing {
 		_ = exec.Skip(c.reason.String())
-		return c.reason
+		return
 	}
 	if !c.wrote && r.Context().Err() != nil {
 		// The handler gave up because its request ended; a retry must run
 		// it again.
 		_ = exec.Skip(requestEnded.String())
-		return requestEnded
+		return
 	}
 	if !c.wrote {
 		c.status = http.StatusOK
@@ -213,9 +213,16 @@ func (c *capture) finish(r *http.Request, exec *idempotency.Execution) notStored
 		rec := idempotency.Record{Status: c.status, Header: stored, Body: body}
 		// Complete encodes the record before it returns, so the header
 		// map and the body buffer can be reused afterwards.
-		_ = exec.Complete(&rec)
+		err := exec.Complete(&rec)
 		clear(stored)
 		headerMaps.Put(stored)
+		if errors.Is(err, idempotency.ErrNotCommitted) {
+			// The handler's writes were rolled back: its answer, headers
+			// included, describes work that did not happen.
+			clear(h)
+			c.m.problems.write(c.w, err)
+			return
+		}
 	} else {
 		_ = exec.Skip(reason.String())
 	}
@@ -223,7 +230,6 @@ func (c *capture) finish(r *http.Request, exec *idempotency.Execution) notStored
 	if len(body) > 0 {
 		_, _ = c.w.Write(body)
 	}
-	return reason
 }
 
 // end makes the writer and the request body unusable, and returns the

@@ -249,6 +249,10 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempote
 			_ = exec.Skip(panicked.String())
 		}
 	}()
+	if ctx := exec.Context(r.Context()); ctx != r.Context() {
+		// The store hands the handler a transaction through its context.
+		r = r.WithContext(ctx)
+	}
 	h.next.ServeHTTP(c, r)
 	returned = true
 	c.finish(r, exec)
