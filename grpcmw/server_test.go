@@ -89,8 +89,8 @@ func TestReplayError(t *testing.T) {
 			wantMsg: "card declined",
 		},
 		{
-			name:    "message that is not UTF-8",
-			err:     func() error { return status.Error(codes.NotFound, "no account \xff%41 here") },
+			name: "message that is not UTF-8",
+			err:  func() error { return status.Error(codes.NotFound, "no account \xff%41 here") },
 			// grpc-go sends the message percent-encoded, and replaces the
 			// bytes that are not UTF-8 on the way: the replay sends the
 			// stored bytes, so the client sees what it saw the first time.
