@@ -50,12 +50,12 @@ func TestClientRetriesInFlightAndGetsReplay(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
 	started, release := make(chan struct{}), make(chan struct{})
-	srv := &chargeServer{create: func(context.Context, *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+	srv := &chargeServer{create: func(context.Context, *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 		if calls.Add(1) == 1 {
 			close(started)
 			<-release
 		}
-		return &gatewayv1.Charge{Id: "ch_1"}, nil
+		return created(&gatewayv1.Charge{Id: "ch_1"}), nil
 	}}
 	lis := serve(t, srv)
 	plain := dialBuf(t, lis)
@@ -86,7 +86,7 @@ func TestClientRetriesInFlightAndGetsReplay(t *testing.T) {
 	res, err := gatewayv1.NewChargeServiceClient(retrying).CreateCharge(ctx, req, grpc.Header(&header))
 	require.NoError(t, err)
 	require.NoError(t, <-done)
-	assert.Equal(t, "ch_1", res.GetId())
+	assert.Equal(t, "ch_1", res.GetCharge().GetId())
 	assert.Equal(t, []string{"true"}, header.Get("idempotent-replayed"), "the caller's own Header option sees the last attempt")
 	assert.Equal(t, codes.Aborted, attempts[0])
 	assert.Equal(t, codes.OK, attempts[len(attempts)-1])
@@ -98,14 +98,14 @@ func TestClientKeys(t *testing.T) {
 	var mu sync.Mutex
 	var keys []string
 	srv := &chargeServer{
-		create: func(ctx context.Context, _ *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+		create: func(ctx context.Context, _ *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 			mu.Lock()
 			keys = append(keys, keyOf(ctx))
 			mu.Unlock()
-			return &gatewayv1.Charge{Id: "ch_1"}, nil
+			return created(&gatewayv1.Charge{Id: "ch_1"}), nil
 		},
-		get: func(ctx context.Context, _ *gatewayv1.GetChargeRequest) (*gatewayv1.Charge, error) {
-			return &gatewayv1.Charge{Id: keyOf(ctx)}, nil
+		get: func(ctx context.Context, _ *gatewayv1.GetChargeRequest) (*gatewayv1.GetChargeResponse, error) {
+			return found(&gatewayv1.Charge{Id: keyOf(ctx)}), nil
 		},
 	}
 	cc := dialBuf(t, serve(t, srv), grpcmw.UnaryClientInterceptor())
@@ -133,18 +133,18 @@ func TestClientKeys(t *testing.T) {
 
 	got, err := client.GetCharge(t.Context(), &gatewayv1.GetChargeRequest{})
 	require.NoError(t, err)
-	assert.Empty(t, got.GetId(), "a NO_SIDE_EFFECTS method gets no key")
+	assert.Empty(t, got.GetCharge().GetId(), "a NO_SIDE_EFFECTS method gets no key")
 }
 
 func TestClientRetriesConnectionFailures(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
-	srv := &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+	srv := &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 		calls.Add(1)
 		if req.GetAccountId() == "down" {
 			return nil, status.Error(codes.Unavailable, "the bank is down")
 		}
-		return &gatewayv1.Charge{Id: "ch_1"}, nil
+		return created(&gatewayv1.Charge{Id: "ch_1"}), nil
 	}}
 	lis := serve(t, srv)
 	var dials atomic.Int64

@@ -33,9 +33,9 @@ func TestExactlyOnceOverRedis(t *testing.T) {
 	var calls atomic.Int64
 	conns := make([]*grpc.ClientConn, servers)
 	for i := range conns {
-		srv := &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+		srv := &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 			n := calls.Add(1)
-			return &gatewayv1.Charge{Id: fmt.Sprintf("ch_%d", n), AccountId: req.GetAccountId()}, nil
+			return created(&gatewayv1.Charge{Id: fmt.Sprintf("ch_%d", n), AccountId: req.GetAccountId()}), nil
 		}}
 		// Each server has a store of its own over the one Redis.
 		conns[i] = startGRPC(t, srv, redisstore.New(redistest.Client(t), redisstore.WithPrefix(prefix)))
@@ -48,7 +48,7 @@ func TestExactlyOnceOverRedis(t *testing.T) {
 		var (
 			wg        sync.WaitGroup
 			mu        sync.Mutex
-			successes []*gatewayv1.Charge
+			successes []*gatewayv1.CreateChargeResponse
 			start     = make(chan struct{})
 		)
 		for i := range duplicates {

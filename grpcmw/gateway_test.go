@@ -44,9 +44,9 @@ func post(t *testing.T, url, key, body string) restResponse {
 
 // countingCharges answers CreateCharge with a charge numbered by call.
 func countingCharges(calls *atomic.Int64) *chargeServer {
-	return &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+	return &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 		n := calls.Add(1)
-		return &gatewayv1.Charge{Id: "ch_" + string(rune('0'+n)), AccountId: req.GetAccountId(), AmountCents: req.GetAmountCents(), Currency: req.GetCurrency(), Status: "succeeded"}, nil
+		return created(&gatewayv1.Charge{Id: "ch_" + string(rune('0'+n)), AccountId: req.GetAccountId(), AmountCents: req.GetAmountCents(), Currency: req.GetCurrency(), Status: "succeeded"}), nil
 	}}
 }
 
@@ -96,10 +96,10 @@ func TestGatewayMismatch(t *testing.T) {
 func TestGatewayInFlight(t *testing.T) {
 	t.Parallel()
 	started, release := make(chan struct{}), make(chan struct{})
-	srv := &chargeServer{create: func(context.Context, *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+	srv := &chargeServer{create: func(context.Context, *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 		close(started)
 		<-release
-		return &gatewayv1.Charge{Id: "ch_1"}, nil
+		return created(&gatewayv1.Charge{Id: "ch_1"}), nil
 	}}
 	url := startGateway(t, startGRPC(t, srv, memory.New()))
 
@@ -117,7 +117,7 @@ func TestGatewayInFlight(t *testing.T) {
 func TestGatewayErrorReplay(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
-	srv := &chargeServer{create: func(context.Context, *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+	srv := &chargeServer{create: func(context.Context, *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 		calls.Add(1)
 		st, err := status.New(codes.FailedPrecondition, "card declined").WithDetails(
 			&errdetails.ErrorInfo{Reason: "CARD_DECLINED", Domain: "payments.example", Metadata: map[string]string{"b": "2", "a": "1"}})

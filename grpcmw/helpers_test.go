@@ -25,15 +25,15 @@ func TestMain(m *testing.M) { redistest.Main(m) }
 // field.
 type chargeServer struct {
 	gatewayv1.UnimplementedChargeServiceServer
-	create func(context.Context, *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error)
-	get    func(context.Context, *gatewayv1.GetChargeRequest) (*gatewayv1.Charge, error)
+	create func(context.Context, *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error)
+	get    func(context.Context, *gatewayv1.GetChargeRequest) (*gatewayv1.GetChargeResponse, error)
 }
 
-func (s *chargeServer) CreateCharge(ctx context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+func (s *chargeServer) CreateCharge(ctx context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 	return s.create(ctx, req)
 }
 
-func (s *chargeServer) GetCharge(ctx context.Context, req *gatewayv1.GetChargeRequest) (*gatewayv1.Charge, error) {
+func (s *chargeServer) GetCharge(ctx context.Context, req *gatewayv1.GetChargeRequest) (*gatewayv1.GetChargeResponse, error) {
 	return s.get(ctx, req)
 }
 
@@ -76,3 +76,11 @@ func startGateway(t testing.TB, cc *grpc.ClientConn) string {
 }
 
 var _ http.Handler = (*runtime.ServeMux)(nil)
+
+func created(c *gatewayv1.Charge) *gatewayv1.CreateChargeResponse {
+	return &gatewayv1.CreateChargeResponse{Charge: c}
+}
+
+func found(c *gatewayv1.Charge) *gatewayv1.GetChargeResponse {
+	return &gatewayv1.GetChargeResponse{Charge: c}
+}

@@ -22,7 +22,7 @@ import (
 
 // call is one CreateCharge call's outcome, as a grpc-go client sees it.
 type call struct {
-	res     *gatewayv1.Charge
+	res     *gatewayv1.CreateChargeResponse
 	err     error
 	header  metadata.MD
 	trailer metadata.MD
@@ -42,12 +42,12 @@ func create(t *testing.T, cc *grpc.ClientConn, key string, req *gatewayv1.Create
 func TestReplayResponse(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
-	srv := &chargeServer{create: func(ctx context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+	srv := &chargeServer{create: func(ctx context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 		calls.Add(1)
 		require.NoError(t, grpc.SetHeader(ctx, metadata.Pairs("x-charge", "one", "x-raw-bin", "\xff\x00\xfe")))
 		require.NoError(t, grpc.SendHeader(ctx, metadata.Pairs("x-sent", "early")))
 		require.NoError(t, grpc.SetTrailer(ctx, metadata.Pairs("x-total", "1200", "authorization", "secret")))
-		return &gatewayv1.Charge{Id: "ch_1", AccountId: req.GetAccountId(), AmountCents: 1200, Status: "succeeded"}, nil
+		return created(&gatewayv1.Charge{Id: "ch_1", AccountId: req.GetAccountId(), AmountCents: 1200, Status: "succeeded"}), nil
 	}}
 	cc := startGRPC(t, srv, memory.New())
 	req := &gatewayv1.CreateChargeRequest{AccountId: "acct_1", AmountCents: 1200}
@@ -106,7 +106,7 @@ func TestReplayError(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var calls atomic.Int64
-			srv := &chargeServer{create: func(ctx context.Context, _ *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+			srv := &chargeServer{create: func(ctx context.Context, _ *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 				calls.Add(1)
 				require.NoError(t, grpc.SetHeader(ctx, metadata.Pairs("x-request", "r1")))
 				require.NoError(t, grpc.SetTrailer(ctx, metadata.Pairs("x-reason", "declined")))
@@ -136,12 +136,12 @@ func TestReplayError(t *testing.T) {
 func TestLibraryErrors(t *testing.T) {
 	t.Parallel()
 	started, release := make(chan struct{}), make(chan struct{})
-	srv := &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.Charge, error) {
+	srv := &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {
 		if req.GetAccountId() == "slow" {
 			close(started)
 			<-release
 		}
-		return &gatewayv1.Charge{Id: "ch_1"}, nil
+		return created(&gatewayv1.Charge{Id: "ch_1"}), nil
 	}}
 	cc := startGRPC(t, srv, memory.New(), idempotency.WithEnforceUUID4(true))
 	const key = "5b6c1f2e-8a3d-4c5e-9f70-1a2b3c4d5e6f"
@@ -200,9 +200,9 @@ func TestGatewayKeyMetadata(t *testing.T) {
 func TestSafeMethodsPassThrough(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
-	srv := &chargeServer{get: func(context.Context, *gatewayv1.GetChargeRequest) (*gatewayv1.Charge, error) {
+	srv := &chargeServer{get: func(context.Context, *gatewayv1.GetChargeRequest) (*gatewayv1.GetChargeResponse, error) {
 		calls.Add(1)
-		return &gatewayv1.Charge{Id: "ch_1"}, nil
+		return found(&gatewayv1.Charge{Id: "ch_1"}), nil
 	}}
 	cc := startGRPC(t, srv, memory.New())
 	ctx := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "k")
@@ -229,9 +229,9 @@ func TestPanicReleasesClaim(t *testing.T) {
 	var ran bool
 	res, err := intercept(ctx, req, info, func(context.Context, any) (any, error) {
 		ran = true
-		return &gatewayv1.Charge{Id: "ch_2"}, nil
+		return created(&gatewayv1.Charge{Id: "ch_2"}), nil
 	})
 	require.NoError(t, err)
 	assert.True(t, ran, "the retry runs the handler: the panic released the claim")
-	assert.Equal(t, "ch_2", res.(*gatewayv1.Charge).GetId())
+	assert.Equal(t, "ch_2", res.(*gatewayv1.CreateChargeResponse).GetCharge().GetId())
 }

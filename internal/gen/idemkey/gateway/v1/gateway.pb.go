@@ -187,6 +187,144 @@ func (x *CancelChargeRequest) GetId() string {
 	return ""
 }
 
+// CreateChargeResponse is the charge made.
+type CreateChargeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The charge.
+	Charge        *Charge `protobuf:"bytes,1,opt,name=charge,proto3" json:"charge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateChargeResponse) Reset() {
+	*x = CreateChargeResponse{}
+	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateChargeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateChargeResponse) ProtoMessage() {}
+
+func (x *CreateChargeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateChargeResponse.ProtoReflect.Descriptor instead.
+func (*CreateChargeResponse) Descriptor() ([]byte, []int) {
+	return file_idemkey_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CreateChargeResponse) GetCharge() *Charge {
+	if x != nil {
+		return x.Charge
+	}
+	return nil
+}
+
+// GetChargeResponse is the charge looked up.
+type GetChargeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The charge.
+	Charge        *Charge `protobuf:"bytes,1,opt,name=charge,proto3" json:"charge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetChargeResponse) Reset() {
+	*x = GetChargeResponse{}
+	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetChargeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetChargeResponse) ProtoMessage() {}
+
+func (x *GetChargeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetChargeResponse.ProtoReflect.Descriptor instead.
+func (*GetChargeResponse) Descriptor() ([]byte, []int) {
+	return file_idemkey_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetChargeResponse) GetCharge() *Charge {
+	if x != nil {
+		return x.Charge
+	}
+	return nil
+}
+
+// CancelChargeResponse is the charge cancelled.
+type CancelChargeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The charge.
+	Charge        *Charge `protobuf:"bytes,1,opt,name=charge,proto3" json:"charge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelChargeResponse) Reset() {
+	*x = CancelChargeResponse{}
+	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelChargeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelChargeResponse) ProtoMessage() {}
+
+func (x *CancelChargeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelChargeResponse.ProtoReflect.Descriptor instead.
+func (*CancelChargeResponse) Descriptor() ([]byte, []int) {
+	return file_idemkey_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CancelChargeResponse) GetCharge() *Charge {
+	if x != nil {
+		return x.Charge
+	}
+	return nil
+}
+
 // Charge describes a charge.
 type Charge struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -206,7 +344,7 @@ type Charge struct {
 
 func (x *Charge) Reset() {
 	*x = Charge{}
-	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -218,7 +356,7 @@ func (x *Charge) String() string {
 func (*Charge) ProtoMessage() {}
 
 func (x *Charge) ProtoReflect() protoreflect.Message {
-	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_idemkey_gateway_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -231,7 +369,7 @@ func (x *Charge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Charge.ProtoReflect.Descriptor instead.
 func (*Charge) Descriptor() ([]byte, []int) {
-	return file_idemkey_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_idemkey_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Charge) GetId() string {
@@ -283,18 +421,24 @@ const file_idemkey_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x10GetChargeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"%\n" +
 	"\x13CancelChargeRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x8e\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
+	"\x14CreateChargeResponse\x122\n" +
+	"\x06charge\x18\x01 \x01(\v2\x1a.idemkey.gateway.v1.ChargeR\x06charge\"G\n" +
+	"\x11GetChargeResponse\x122\n" +
+	"\x06charge\x18\x01 \x01(\v2\x1a.idemkey.gateway.v1.ChargeR\x06charge\"J\n" +
+	"\x14CancelChargeResponse\x122\n" +
+	"\x06charge\x18\x01 \x01(\v2\x1a.idemkey.gateway.v1.ChargeR\x06charge\"\x8e\x01\n" +
 	"\x06Charge\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x02 \x01(\tR\taccountId\x12!\n" +
 	"\famount_cents\x18\x03 \x01(\x03R\vamountCents\x12\x1a\n" +
 	"\bcurrency\x18\x04 \x01(\tR\bcurrency\x12\x16\n" +
-	"\x06status\x18\x05 \x01(\tR\x06status2\xe4\x02\n" +
-	"\rChargeService\x12k\n" +
-	"\fCreateCharge\x12'.idemkey.gateway.v1.CreateChargeRequest\x1a\x1a.idemkey.gateway.v1.Charge\"\x16\x82\xd3\xe4\x93\x02\x10:\x01*\"\v/v1/charges\x12j\n" +
-	"\tGetCharge\x12$.idemkey.gateway.v1.GetChargeRequest\x1a\x1a.idemkey.gateway.v1.Charge\"\x1b\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/charges/{id}\x90\x02\x01\x12z\n" +
-	"\fCancelCharge\x12'.idemkey.gateway.v1.CancelChargeRequest\x1a\x1a.idemkey.gateway.v1.Charge\"%\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/charges/{id}:cancel\x90\x02\x02BJZHgithub.com/idemkey/idempotency/internal/gen/idemkey/gateway/v1;gatewayv1b\x06proto3"
+	"\x06status\x18\x05 \x01(\tR\x06status2\x8c\x03\n" +
+	"\rChargeService\x12y\n" +
+	"\fCreateCharge\x12'.idemkey.gateway.v1.CreateChargeRequest\x1a(.idemkey.gateway.v1.CreateChargeResponse\"\x16\x82\xd3\xe4\x93\x02\x10:\x01*\"\v/v1/charges\x12u\n" +
+	"\tGetCharge\x12$.idemkey.gateway.v1.GetChargeRequest\x1a%.idemkey.gateway.v1.GetChargeResponse\"\x1b\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/charges/{id}\x90\x02\x01\x12\x88\x01\n" +
+	"\fCancelCharge\x12'.idemkey.gateway.v1.CancelChargeRequest\x1a(.idemkey.gateway.v1.CancelChargeResponse\"%\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/charges/{id}:cancel\x90\x02\x02BJZHgithub.com/idemkey/idempotency/internal/gen/idemkey/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_idemkey_gateway_v1_gateway_proto_rawDescOnce sync.Once
@@ -308,25 +452,31 @@ func file_idemkey_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_idemkey_gateway_v1_gateway_proto_rawDescData
 }
 
-var file_idemkey_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_idemkey_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_idemkey_gateway_v1_gateway_proto_goTypes = []any{
-	(*CreateChargeRequest)(nil), // 0: idemkey.gateway.v1.CreateChargeRequest
-	(*GetChargeRequest)(nil),    // 1: idemkey.gateway.v1.GetChargeRequest
-	(*CancelChargeRequest)(nil), // 2: idemkey.gateway.v1.CancelChargeRequest
-	(*Charge)(nil),              // 3: idemkey.gateway.v1.Charge
+	(*CreateChargeRequest)(nil),  // 0: idemkey.gateway.v1.CreateChargeRequest
+	(*GetChargeRequest)(nil),     // 1: idemkey.gateway.v1.GetChargeRequest
+	(*CancelChargeRequest)(nil),  // 2: idemkey.gateway.v1.CancelChargeRequest
+	(*CreateChargeResponse)(nil), // 3: idemkey.gateway.v1.CreateChargeResponse
+	(*GetChargeResponse)(nil),    // 4: idemkey.gateway.v1.GetChargeResponse
+	(*CancelChargeResponse)(nil), // 5: idemkey.gateway.v1.CancelChargeResponse
+	(*Charge)(nil),               // 6: idemkey.gateway.v1.Charge
 }
 var file_idemkey_gateway_v1_gateway_proto_depIdxs = []int32{
-	0, // 0: idemkey.gateway.v1.ChargeService.CreateCharge:input_type -> idemkey.gateway.v1.CreateChargeRequest
-	1, // 1: idemkey.gateway.v1.ChargeService.GetCharge:input_type -> idemkey.gateway.v1.GetChargeRequest
-	2, // 2: idemkey.gateway.v1.ChargeService.CancelCharge:input_type -> idemkey.gateway.v1.CancelChargeRequest
-	3, // 3: idemkey.gateway.v1.ChargeService.CreateCharge:output_type -> idemkey.gateway.v1.Charge
-	3, // 4: idemkey.gateway.v1.ChargeService.GetCharge:output_type -> idemkey.gateway.v1.Charge
-	3, // 5: idemkey.gateway.v1.ChargeService.CancelCharge:output_type -> idemkey.gateway.v1.Charge
-	3, // [3:6] is the sub-list for method output_type
-	0, // [0:3] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	6, // 0: idemkey.gateway.v1.CreateChargeResponse.charge:type_name -> idemkey.gateway.v1.Charge
+	6, // 1: idemkey.gateway.v1.GetChargeResponse.charge:type_name -> idemkey.gateway.v1.Charge
+	6, // 2: idemkey.gateway.v1.CancelChargeResponse.charge:type_name -> idemkey.gateway.v1.Charge
+	0, // 3: idemkey.gateway.v1.ChargeService.CreateCharge:input_type -> idemkey.gateway.v1.CreateChargeRequest
+	1, // 4: idemkey.gateway.v1.ChargeService.GetCharge:input_type -> idemkey.gateway.v1.GetChargeRequest
+	2, // 5: idemkey.gateway.v1.ChargeService.CancelCharge:input_type -> idemkey.gateway.v1.CancelChargeRequest
+	3, // 6: idemkey.gateway.v1.ChargeService.CreateCharge:output_type -> idemkey.gateway.v1.CreateChargeResponse
+	4, // 7: idemkey.gateway.v1.ChargeService.GetCharge:output_type -> idemkey.gateway.v1.GetChargeResponse
+	5, // 8: idemkey.gateway.v1.ChargeService.CancelCharge:output_type -> idemkey.gateway.v1.CancelChargeResponse
+	6, // [6:9] is the sub-list for method output_type
+	3, // [3:6] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_idemkey_gateway_v1_gateway_proto_init() }
@@ -340,7 +490,7 @@ func file_idemkey_gateway_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_idemkey_gateway_v1_gateway_proto_rawDesc), len(file_idemkey_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

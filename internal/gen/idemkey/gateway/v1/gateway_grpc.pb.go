@@ -33,11 +33,11 @@ const (
 type ChargeServiceClient interface {
 	// CreateCharge takes money from an account. It has side effects, so the
 	// idempotency interceptor guards it.
-	CreateCharge(ctx context.Context, in *CreateChargeRequest, opts ...grpc.CallOption) (*Charge, error)
+	CreateCharge(ctx context.Context, in *CreateChargeRequest, opts ...grpc.CallOption) (*CreateChargeResponse, error)
 	// GetCharge looks up a charge. It has no side effects.
-	GetCharge(ctx context.Context, in *GetChargeRequest, opts ...grpc.CallOption) (*Charge, error)
+	GetCharge(ctx context.Context, in *GetChargeRequest, opts ...grpc.CallOption) (*GetChargeResponse, error)
 	// CancelCharge cancels a charge. Cancelling twice is cancelling once.
-	CancelCharge(ctx context.Context, in *CancelChargeRequest, opts ...grpc.CallOption) (*Charge, error)
+	CancelCharge(ctx context.Context, in *CancelChargeRequest, opts ...grpc.CallOption) (*CancelChargeResponse, error)
 }
 
 type chargeServiceClient struct {
@@ -48,9 +48,9 @@ func NewChargeServiceClient(cc grpc.ClientConnInterface) ChargeServiceClient {
 	return &chargeServiceClient{cc}
 }
 
-func (c *chargeServiceClient) CreateCharge(ctx context.Context, in *CreateChargeRequest, opts ...grpc.CallOption) (*Charge, error) {
+func (c *chargeServiceClient) CreateCharge(ctx context.Context, in *CreateChargeRequest, opts ...grpc.CallOption) (*CreateChargeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Charge)
+	out := new(CreateChargeResponse)
 	err := c.cc.Invoke(ctx, ChargeService_CreateCharge_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -58,9 +58,9 @@ func (c *chargeServiceClient) CreateCharge(ctx context.Context, in *CreateCharge
 	return out, nil
 }
 
-func (c *chargeServiceClient) GetCharge(ctx context.Context, in *GetChargeRequest, opts ...grpc.CallOption) (*Charge, error) {
+func (c *chargeServiceClient) GetCharge(ctx context.Context, in *GetChargeRequest, opts ...grpc.CallOption) (*GetChargeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Charge)
+	out := new(GetChargeResponse)
 	err := c.cc.Invoke(ctx, ChargeService_GetCharge_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -68,9 +68,9 @@ func (c *chargeServiceClient) GetCharge(ctx context.Context, in *GetChargeReques
 	return out, nil
 }
 
-func (c *chargeServiceClient) CancelCharge(ctx context.Context, in *CancelChargeRequest, opts ...grpc.CallOption) (*Charge, error) {
+func (c *chargeServiceClient) CancelCharge(ctx context.Context, in *CancelChargeRequest, opts ...grpc.CallOption) (*CancelChargeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Charge)
+	out := new(CancelChargeResponse)
 	err := c.cc.Invoke(ctx, ChargeService_CancelCharge_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -87,11 +87,11 @@ func (c *chargeServiceClient) CancelCharge(ctx context.Context, in *CancelCharge
 type ChargeServiceServer interface {
 	// CreateCharge takes money from an account. It has side effects, so the
 	// idempotency interceptor guards it.
-	CreateCharge(context.Context, *CreateChargeRequest) (*Charge, error)
+	CreateCharge(context.Context, *CreateChargeRequest) (*CreateChargeResponse, error)
 	// GetCharge looks up a charge. It has no side effects.
-	GetCharge(context.Context, *GetChargeRequest) (*Charge, error)
+	GetCharge(context.Context, *GetChargeRequest) (*GetChargeResponse, error)
 	// CancelCharge cancels a charge. Cancelling twice is cancelling once.
-	CancelCharge(context.Context, *CancelChargeRequest) (*Charge, error)
+	CancelCharge(context.Context, *CancelChargeRequest) (*CancelChargeResponse, error)
 	mustEmbedUnimplementedChargeServiceServer()
 }
 
@@ -102,13 +102,13 @@ type ChargeServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedChargeServiceServer struct{}
 
-func (UnimplementedChargeServiceServer) CreateCharge(context.Context, *CreateChargeRequest) (*Charge, error) {
+func (UnimplementedChargeServiceServer) CreateCharge(context.Context, *CreateChargeRequest) (*CreateChargeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateCharge not implemented")
 }
-func (UnimplementedChargeServiceServer) GetCharge(context.Context, *GetChargeRequest) (*Charge, error) {
+func (UnimplementedChargeServiceServer) GetCharge(context.Context, *GetChargeRequest) (*GetChargeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCharge not implemented")
 }
-func (UnimplementedChargeServiceServer) CancelCharge(context.Context, *CancelChargeRequest) (*Charge, error) {
+func (UnimplementedChargeServiceServer) CancelCharge(context.Context, *CancelChargeRequest) (*CancelChargeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelCharge not implemented")
 }
 func (UnimplementedChargeServiceServer) mustEmbedUnimplementedChargeServiceServer() {}

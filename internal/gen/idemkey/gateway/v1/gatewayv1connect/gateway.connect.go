@@ -47,11 +47,11 @@ const (
 type ChargeServiceClient interface {
 	// CreateCharge takes money from an account. It has side effects, so the
 	// idempotency interceptor guards it.
-	CreateCharge(context.Context, *connect.Request[v1.CreateChargeRequest]) (*connect.Response[v1.Charge], error)
+	CreateCharge(context.Context, *connect.Request[v1.CreateChargeRequest]) (*connect.Response[v1.CreateChargeResponse], error)
 	// GetCharge looks up a charge. It has no side effects.
-	GetCharge(context.Context, *connect.Request[v1.GetChargeRequest]) (*connect.Response[v1.Charge], error)
+	GetCharge(context.Context, *connect.Request[v1.GetChargeRequest]) (*connect.Response[v1.GetChargeResponse], error)
 	// CancelCharge cancels a charge. Cancelling twice is cancelling once.
-	CancelCharge(context.Context, *connect.Request[v1.CancelChargeRequest]) (*connect.Response[v1.Charge], error)
+	CancelCharge(context.Context, *connect.Request[v1.CancelChargeRequest]) (*connect.Response[v1.CancelChargeResponse], error)
 }
 
 // NewChargeServiceClient constructs a client for the idemkey.gateway.v1.ChargeService service. By
@@ -65,20 +65,20 @@ func NewChargeServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 	baseURL = strings.TrimRight(baseURL, "/")
 	chargeServiceMethods := v1.File_idemkey_gateway_v1_gateway_proto.Services().ByName("ChargeService").Methods()
 	return &chargeServiceClient{
-		createCharge: connect.NewClient[v1.CreateChargeRequest, v1.Charge](
+		createCharge: connect.NewClient[v1.CreateChargeRequest, v1.CreateChargeResponse](
 			httpClient,
 			baseURL+ChargeServiceCreateChargeProcedure,
 			connect.WithSchema(chargeServiceMethods.ByName("CreateCharge")),
 			connect.WithClientOptions(opts...),
 		),
-		getCharge: connect.NewClient[v1.GetChargeRequest, v1.Charge](
+		getCharge: connect.NewClient[v1.GetChargeRequest, v1.GetChargeResponse](
 			httpClient,
 			baseURL+ChargeServiceGetChargeProcedure,
 			connect.WithSchema(chargeServiceMethods.ByName("GetCharge")),
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
-		cancelCharge: connect.NewClient[v1.CancelChargeRequest, v1.Charge](
+		cancelCharge: connect.NewClient[v1.CancelChargeRequest, v1.CancelChargeResponse](
 			httpClient,
 			baseURL+ChargeServiceCancelChargeProcedure,
 			connect.WithSchema(chargeServiceMethods.ByName("CancelCharge")),
@@ -90,23 +90,23 @@ func NewChargeServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 
 // chargeServiceClient implements ChargeServiceClient.
 type chargeServiceClient struct {
-	createCharge *connect.Client[v1.CreateChargeRequest, v1.Charge]
-	getCharge    *connect.Client[v1.GetChargeRequest, v1.Charge]
-	cancelCharge *connect.Client[v1.CancelChargeRequest, v1.Charge]
+	createCharge *connect.Client[v1.CreateChargeRequest, v1.CreateChargeResponse]
+	getCharge    *connect.Client[v1.GetChargeRequest, v1.GetChargeResponse]
+	cancelCharge *connect.Client[v1.CancelChargeRequest, v1.CancelChargeResponse]
 }
 
 // CreateCharge calls idemkey.gateway.v1.ChargeService.CreateCharge.
-func (c *chargeServiceClient) CreateCharge(ctx context.Context, req *connect.Request[v1.CreateChargeRequest]) (*connect.Response[v1.Charge], error) {
+func (c *chargeServiceClient) CreateCharge(ctx context.Context, req *connect.Request[v1.CreateChargeRequest]) (*connect.Response[v1.CreateChargeResponse], error) {
 	return c.createCharge.CallUnary(ctx, req)
 }
 
 // GetCharge calls idemkey.gateway.v1.ChargeService.GetCharge.
-func (c *chargeServiceClient) GetCharge(ctx context.Context, req *connect.Request[v1.GetChargeRequest]) (*connect.Response[v1.Charge], error) {
+func (c *chargeServiceClient) GetCharge(ctx context.Context, req *connect.Request[v1.GetChargeRequest]) (*connect.Response[v1.GetChargeResponse], error) {
 	return c.getCharge.CallUnary(ctx, req)
 }
 
 // CancelCharge calls idemkey.gateway.v1.ChargeService.CancelCharge.
-func (c *chargeServiceClient) CancelCharge(ctx context.Context, req *connect.Request[v1.CancelChargeRequest]) (*connect.Response[v1.Charge], error) {
+func (c *chargeServiceClient) CancelCharge(ctx context.Context, req *connect.Request[v1.CancelChargeRequest]) (*connect.Response[v1.CancelChargeResponse], error) {
 	return c.cancelCharge.CallUnary(ctx, req)
 }
 
@@ -114,11 +114,11 @@ func (c *chargeServiceClient) CancelCharge(ctx context.Context, req *connect.Req
 type ChargeServiceHandler interface {
 	// CreateCharge takes money from an account. It has side effects, so the
 	// idempotency interceptor guards it.
-	CreateCharge(context.Context, *connect.Request[v1.CreateChargeRequest]) (*connect.Response[v1.Charge], error)
+	CreateCharge(context.Context, *connect.Request[v1.CreateChargeRequest]) (*connect.Response[v1.CreateChargeResponse], error)
 	// GetCharge looks up a charge. It has no side effects.
-	GetCharge(context.Context, *connect.Request[v1.GetChargeRequest]) (*connect.Response[v1.Charge], error)
+	GetCharge(context.Context, *connect.Request[v1.GetChargeRequest]) (*connect.Response[v1.GetChargeResponse], error)
 	// CancelCharge cancels a charge. Cancelling twice is cancelling once.
-	CancelCharge(context.Context, *connect.Request[v1.CancelChargeRequest]) (*connect.Response[v1.Charge], error)
+	CancelCharge(context.Context, *connect.Request[v1.CancelChargeRequest]) (*connect.Response[v1.CancelChargeResponse], error)
 }
 
 // NewChargeServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -165,14 +165,14 @@ func NewChargeServiceHandler(svc ChargeServiceHandler, opts ...connect.HandlerOp
 // UnimplementedChargeServiceHandler returns CodeUnimplemented from all methods.
 type UnimplementedChargeServiceHandler struct{}
 
-func (UnimplementedChargeServiceHandler) CreateCharge(context.Context, *connect.Request[v1.CreateChargeRequest]) (*connect.Response[v1.Charge], error) {
+func (UnimplementedChargeServiceHandler) CreateCharge(context.Context, *connect.Request[v1.CreateChargeRequest]) (*connect.Response[v1.CreateChargeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("idemkey.gateway.v1.ChargeService.CreateCharge is not implemented"))
 }
 
-func (UnimplementedChargeServiceHandler) GetCharge(context.Context, *connect.Request[v1.GetChargeRequest]) (*connect.Response[v1.Charge], error) {
+func (UnimplementedChargeServiceHandler) GetCharge(context.Context, *connect.Request[v1.GetChargeRequest]) (*connect.Response[v1.GetChargeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("idemkey.gateway.v1.ChargeService.GetCharge is not implemented"))
 }
 
-func (UnimplementedChargeServiceHandler) CancelCharge(context.Context, *connect.Request[v1.CancelChargeRequest]) (*connect.Response[v1.Charge], error) {
+func (UnimplementedChargeServiceHandler) CancelCharge(context.Context, *connect.Request[v1.CancelChargeRequest]) (*connect.Response[v1.CancelChargeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("idemkey.gateway.v1.ChargeService.CancelCharge is not implemented"))
 }
