@@ -92,8 +92,7 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 	if !s.engine.Guards(info.FullMethod, m.safe) {
 		return handler(ctx, req)
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	key, err := idempotency.ParseKey(s.keyValues(md), s.settings.EnforceUUID4)
+	key, err := idempotency.ParseKey(s.keyValues(ctx), s.settings.EnforceUUID4)
 	if err != nil {
 		s.engine.Rejected(ctx, info.FullMethod, err)
 		return nil, s.libraryError(ctx, err)
@@ -116,6 +115,7 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 	}
 	r := idempotency.Request{Route: info.FullMethod, Key: key}
 	if s.settings.KeyScope != nil {
+		md, _ := metadata.FromIncomingContext(ctx)
 		r.Scope = s.engine.ScopeOf(ctx, httpHeader(nil, md))
 	}
 	if s.settings.Fingerprint {
@@ -137,10 +137,12 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 
 // keyValues returns the values of the key metadata, under its own name and
 // under grpc-gateway's prefix: more than one value is an invalid key.
-func (s *server) keyValues(md metadata.MD) []string {
-	vs := md[s.keyMD]
-	if gw := md[s.gatewayKeyMD]; len(gw) > 0 {
-		vs = append(vs[:len(vs):len(vs)], gw...)
+func (s *server) keyValues(ctx context.Context) []string {
+	// Two look-ups copy two slices, where the whole metadata would be
+	// copied by metadata.FromIncomingContext.
+	vs := metadata.ValueFromIncomingContext(ctx, s.keyMD)
+	if gw := metadata.ValueFromIncomingContext(ctx, s.gatewayKeyMD); len(gw) > 0 {
+		vs = append(vs, gw...)
 	}
 	return vs
 }
