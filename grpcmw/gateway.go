@@ -41,9 +41,10 @@ func GatewayIncomingHeaderMatcher(next func(string) (string, bool)) func(string)
 // grpc-gateway (a runtime.HeaderMatcherFunc) that gives the REST client the
 // replay marker (Idempotent-Replayed), the library's status
 // (Idempotency-Status) and its Retry-After hint as HTTP headers of those
-// names, and hands every other header metadata key to next. A nil next does
-// what the gateway does by default: it forwards the key with the
-// Grpc-Metadata- prefix.
+// names (the default names: a replay header renamed with
+// [idempotency.WithReplayHeader] needs a matcher of one's own), and hands
+// every other header metadata key to next. A nil next does what the gateway
+// does by default: it forwards the key with the Grpc-Metadata- prefix.
 func GatewayOutgoingHeaderMatcher(next func(string) (string, bool)) func(string) (string, bool) {
 	return func(key string) (string, bool) {
 		switch name := textproto.CanonicalMIMEHeaderKey(key); name {

@@ -3,7 +3,6 @@ package grpcmw_test
 import (
 	"context"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"testing"
 
@@ -74,8 +73,6 @@ func startGateway(t testing.TB, cc *grpc.ClientConn) string {
 	t.Cleanup(hs.Close)
 	return hs.URL
 }
-
-var _ http.Handler = (*runtime.ServeMux)(nil)
 
 func created(c *gatewayv1.Charge) *gatewayv1.CreateChargeResponse {
 	return &gatewayv1.CreateChargeResponse{Charge: c}
