@@ -235,3 +235,44 @@ func TestPanicReleasesClaim(t *testing.T) {
 	assert.True(t, ran, "the retry runs the handler: the panic released the claim")
 	assert.Equal(t, "ch_2", res.(*gatewayv1.CreateChargeResponse).GetCharge().GetId())
 }
+
+func TestOptions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		opts       []idempotency.Option
+		key        string
+		wantCode   codes.Code
+		wantStatus []string
+		wantCalls  int64
+	}{
+		{
+			name: "key required", opts: []idempotency.Option{idempotency.WithRequireKey(true)},
+			wantCode: codes.InvalidArgument, wantStatus: []string{idempotency.StatusInvalidKey}, wantCalls: 0,
+		},
+		{
+			name: "procedure filter leaves the method out", key: "k",
+			opts:     []idempotency.Option{idempotency.WithProcedureFilter(func(p string) bool { return p != gatewayv1.ChargeService_CreateCharge_FullMethodName })},
+			wantCode: codes.OK, wantCalls: 2,
+		},
+		{
+			name: "renamed key header", key: "k",
+			opts:     []idempotency.Option{idempotency.WithIdempotencyHeader("X-Request-Key")},
+			wantCode: codes.OK, wantCalls: 2,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var calls atomic.Int64
+			cc := startGRPC(t, countingCharges(&calls), memory.New(), tt.opts...)
+			for range 2 {
+				got := create(t, cc, tt.key, &gatewayv1.CreateChargeRequest{AccountId: "acct_1"})
+				assert.Equal(t, tt.wantCode, status.Code(got.err))
+				assert.Equal(t, tt.wantStatus, got.header.Get("idempotency-status"))
+				assert.Empty(t, got.header.Get("idempotent-replayed"))
+			}
+			assert.Equal(t, tt.wantCalls, calls.Load())
+		})
+	}
+}
