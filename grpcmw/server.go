@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/idemkey/idempotency"
+	"github.com/idemkey/idempotency/internal/protorec"
 )
 
 const retryAfterHeader = "Retry-After"
@@ -267,13 +268,13 @@ func (s *server) replay(ctx context.Context, fullMethod string, m *method, r *id
 
 // replayedStatus rebuilds a stored status.
 func replayedStatus(e *idempotency.ErrorRecord) (*status.Status, error) {
-	if e.Code < 1 || e.Code > 16 {
-		return nil, fmt.Errorf("grpcmw: stored error code %d", e.Code)
+	if !protorec.ValidCode(e.Code) {
+		return nil, fmt.Errorf("%w: error code %d", protorec.ErrCorrupt, e.Code)
 	}
 	p := status.New(codes.Code(e.Code), e.Message).Proto()
 	for _, d := range e.Details {
 		if d.Type == "" {
-			return nil, errors.New("grpcmw: stored error detail without a type")
+			return nil, fmt.Errorf("%w: error detail without a type", protorec.ErrCorrupt)
 		}
 		p.Details = append(p.Details, &anypb.Any{TypeUrl: "type.googleapis.com/" + d.Type, Value: d.Value})
 	}
