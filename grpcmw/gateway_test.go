@@ -28,18 +28,28 @@ type restResponse struct {
 
 func post(t *testing.T, url, key, body string) restResponse {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+"/v1/charges", strings.NewReader(body))
+	res, err := send(t.Context(), url, key, body)
 	require.NoError(t, err)
+	return res
+}
+
+// send posts a charge; it may run off the test's goroutine.
+func send(ctx context.Context, url, key, body string) (restResponse, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/charges", strings.NewReader(body))
+	if err != nil {
+		return restResponse{}, err
+	}
 	req.Header.Set("Content-Type", "application/json")
 	if key != "" {
 		req.Header.Set("Idempotency-Key", key)
 	}
 	res, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
+	if err != nil {
+		return restResponse{}, err
+	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
-	require.NoError(t, err)
-	return restResponse{res.StatusCode, res.Header, string(b)}
+	return restResponse{res.StatusCode, res.Header, string(b)}, err
 }
 
 // countingCharges answers CreateCharge with a charge numbered by call.
@@ -104,7 +114,11 @@ func TestGatewayInFlight(t *testing.T) {
 	url := startGateway(t, startGRPC(t, srv, memory.New()))
 
 	done := make(chan restResponse, 1)
-	go func() { done <- post(t, url, "key-1", `{"accountId":"acct_1"}`) }()
+	go func() {
+		res, err := send(t.Context(), url, "key-1", `{"accountId":"acct_1"}`)
+		assert.NoError(t, err)
+		done <- res
+	}()
 	<-started
 	got := post(t, url, "key-1", `{"accountId":"acct_1"}`)
 	close(release)
