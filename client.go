@@ -3,9 +3,7 @@ package idempotency
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net/http"
-	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -60,7 +58,7 @@ func (c *ClientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc 
 			if !retry {
 				return resp, err
 			}
-			if !sleep(ctx, c.delay(attempt, hint)) {
+			if !sleep(ctx, c.cfg.backoff(attempt, hint)) {
 				return resp, err
 			}
 		}
@@ -100,42 +98,5 @@ func retryable(err error) (time.Duration, bool) {
 		// arrived, so the server either never saw it or stored what it did.
 		return 0, !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 	}
-	switch cerr.Meta().Get(StatusHeader) {
-	case StatusInFlight, StatusStoreUnavailable:
-		secs, perr := strconv.Atoi(cerr.Meta().Get("Retry-After"))
-		if perr != nil || secs < 0 {
-			return 0, true
-		}
-		return time.Duration(secs) * time.Second, true
-	}
-	return 0, false
-}
-
-// delay is the wait before retry number attempt+1: exponential with jitter
-// in [d/2, d], or the server's hint, never above the maximum backoff.
-func (c *ClientInterceptor) delay(attempt int, hint time.Duration) time.Duration {
-	if hint > 0 {
-		return min(hint, c.cfg.backoffMax)
-	}
-	d := c.cfg.backoffInitial
-	for range attempt {
-		d *= 2
-		if d >= c.cfg.backoffMax {
-			d = c.cfg.backoffMax
-			break
-		}
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-// sleep waits for d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return RetryableStatus(cerr.Meta().Get(StatusHeader), cerr.Meta().Get("Retry-After"))
 }

@@ -82,10 +82,7 @@ type Settings struct {
 // idempotency level is neither NO_SIDE_EFFECTS nor IDEMPOTENT (safe is
 // true for those).
 func (e *Engine) Guards(procedure string, safe bool) bool {
-	if e.cfg.procFilter != nil {
-		return e.cfg.procFilter(procedure)
-	}
-	return !safe
+	return e.cfg.guardsProcedure(procedure, safe)
 }
 
 // RetryAfterSeconds renders RetryAfter as the value of a Retry-After

@@ -270,6 +270,14 @@ func TestHostileInput(t *testing.T) {
 				t.Log(tt.why)
 				runConnectRow(t, tt)
 			})
+			t.Run("grpcmw", func(t *testing.T) {
+				t.Parallel()
+				if tt.notForConnect != "" {
+					t.Skip("not applicable: " + tt.notForConnect)
+				}
+				t.Log(tt.why)
+				runGRPCRow(t, tt)
+			})
 		})
 	}
 }
