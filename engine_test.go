@@ -259,9 +259,9 @@ func TestEngineWaitThenExecuteAfterRelease(t *testing.T) {
 
 func TestEngineRenewsTheLease(t *testing.T) {
 	t.Parallel()
-	// On the store's real clock: renewal every 667 ms leaves a lease of 2 s
-	// more than a second for a late timer on a busy machine under -race.
-	const lease = 2 * time.Second
+	// On the store's real clock: renewal every second leaves a lease of 3 s
+	// two seconds for a late timer on a busy machine under -race.
+	const lease = 3 * time.Second
 	e := idempotency.NewEngine(newMemory(t), idempotency.WithLease(lease))
 	x, _, err := e.Begin(t.Context(), req("slow", "a"))
 	require.NoError(t, err)
@@ -419,9 +419,9 @@ func TestEngineSlowRenewalKeepsTheLease(t *testing.T) {
 	t.Parallel()
 	// With a store timeout far above the lease, a renewal that hangs must
 	// still give up in time for the next one to keep the claim. On the
-	// store's real clock: the first renewal, at 1 s, gives up at 2 s, and
-	// the next one leaves a second for a late timer on a busy machine.
-	const lease = 3 * time.Second
+	// store's real clock: the first renewal, at 2 s, gives up at 4 s, and
+	// the next one leaves two seconds for a late timer on a busy machine.
+	const lease = 6 * time.Second
 	s := &stallingStore{Store: newMemory(t)}
 	e := idempotency.NewEngine(s, idempotency.WithLease(lease),
 		idempotency.WithStoreTimeout(time.Minute), idempotency.WithLogger(slog.New(slog.DiscardHandler)))
