@@ -37,7 +37,7 @@ func (d *deflateReader) Reset(src io.Reader) error {
 		d.r = r
 		return nil
 	}
-	return d.r.(zlib.Resetter).Reset(src, nil) //nolint:forcetypeassert // zlib.NewReader's reader is a Resetter
+	return d.r.(zlib.Resetter).Reset(src, nil) // zlib.NewReader's reader is one
 }
 
 func (d *deflateReader) Close() error {

@@ -222,7 +222,7 @@ func serve(in io.Reader, out io.Writer) error {
 	if _, err := io.ReadFull(in, req); err != nil {
 		return fmt.Errorf("reading the request: %w", err)
 	}
-	resp, err := http.Post("http://"+addr+"/", "application/x-protobuf", bytes.NewReader(req)) //nolint:noctx // a one-off local call
+	resp, err := http.Post("http://"+addr+"/", "application/x-protobuf", bytes.NewReader(req))
 	if err != nil {
 		return err
 	}
@@ -234,7 +234,7 @@ func serve(in io.Reader, out io.Writer) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("starting a server: %s: %s", resp.Status, body)
 	}
-	binary.BigEndian.PutUint32(size[:], uint32(len(body))) //nolint:gosec // a response is far below 4 GiB
+	binary.BigEndian.PutUint32(size[:], uint32(len(body)))
 	if _, err := out.Write(append(size[:], body...)); err != nil {
 		return err
 	}
