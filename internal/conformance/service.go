@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -124,7 +125,8 @@ func respond(
 		if err != nil {
 			return nil, nil, nil, connect.NewError(connect.CodeInternal, err)
 		}
-		for _, d := range append(e.GetDetails(), infoAny) {
+		details := append(slices.Clone(e.GetDetails()), infoAny)
+		for _, d := range details {
 			detail, err := connect.NewErrorDetail(d)
 			if err != nil {
 				return nil, nil, nil, connect.NewError(connect.CodeInternal, err)
