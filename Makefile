@@ -11,10 +11,12 @@ TOOLS_BIN := $(TOOLS_DIR)/bin
 
 BUF_VERSION := v1.75.0
 GOLANGCI_LINT_VERSION := v2.15.0
+CONFORMANCE_VERSION := v1.0.7
 BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 
 BUF := go run github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint
+CONNECTCONFORMANCE := $(TOOLS_BIN)/connectconformance
 BENCHSTAT := $(TOOLS_BIN)/benchstat
 # make bench and make bench-redis run BENCH_ROUNDS rounds; in each, every
 # sub-benchmark runs once for BENCH_TIME (the in-process families on the
@@ -29,13 +31,18 @@ BENCH_LOOPBACK_TIME ?= 2s
 # One stamp file per tool version, so that bumping a version reinstalls it.
 GOLANGCI_LINT_STAMP := $(TOOLS_DIR)/stamps/golangci-lint@$(GOLANGCI_LINT_VERSION)
 BENCHSTAT_STAMP := $(TOOLS_DIR)/stamps/benchstat@$(BENCHSTAT_VERSION)
+CONFORMANCE_STAMP := $(TOOLS_DIR)/stamps/connectconformance@$(CONFORMANCE_VERSION)
+
+# CONFORMANCE_PROTO is the conformance protocol's .proto folder in the Go
+# module cache, downloaded there if need be.
+CONFORMANCE_PROTO = $$(go mod download -json connectrpc.com/conformance@$(CONFORMANCE_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')/proto
 
 .PHONY: help
 help: ## Describe the targets.
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "%-14s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: ## Run all tests with the race detector.
+test: ## Run all tests with the race detector (the first run builds for minutes).
 	go test -race ./...
 
 .PHONY: lint
@@ -49,16 +56,25 @@ lint: $(GOLANGCI_LINT_STAMP) ## Check formatting, go vet, buf lint and golangci-
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: generate
-generate: ## Regenerate internal/gen from proto/.
+generate: ## Regenerate internal/gen from proto/, and internal/conformance/gen from the conformance module's protos.
 	$(BUF) generate
+	proto="$(CONFORMANCE_PROTO)"; \
+	$(BUF) generate "$$proto" --template internal/conformance/buf.gen.yaml \
+		--path "$$proto/connectrpc/conformance/v1/config.proto" \
+		--path "$$proto/connectrpc/conformance/v1/server_compat.proto" \
+		--path "$$proto/connectrpc/conformance/v1/service.proto"
 
 .PHONY: checkgenerate
 checkgenerate: generate ## Fail if the generated code is not up to date.
-	git diff --exit-code -- internal/gen
-	@status="$$(git status --porcelain -- internal/gen)"; \
+	git diff --exit-code -- internal/gen internal/conformance/gen
+	@status="$$(git status --porcelain -- internal/gen internal/conformance/gen)"; \
 	if [ -n "$$status" ]; then \
-		echo "internal/gen has uncommitted or untracked files:"; echo "$$status"; exit 1; \
+		echo "internal/gen or internal/conformance/gen has uncommitted or untracked files:"; echo "$$status"; exit 1; \
 	fi
+
+.PHONY: conformance
+conformance: $(CONFORMANCE_STAMP) ## Connect conformance suite (server, unary) twice on the same keys: executions, then replays.
+	go run ./internal/conformance -runner $(CONNECTCONFORMANCE)
 
 # BENCH_RUN defines the shell function bench_run OUT BINARY ARGS...: it runs
 # a test binary's benchmarks and appends their result lines to OUT. It fails,
@@ -104,10 +120,14 @@ bench-redis: $(BENCHSTAT_STAMP) ## Redis, in process (as bench) and 64 clients o
 	go run ./internal/benchratio bench-redis.txt
 
 .PHONY: tools
-tools: $(GOLANGCI_LINT_STAMP) $(BENCHSTAT_STAMP) ## Install the pinned tools into .tools/bin.
+tools: $(GOLANGCI_LINT_STAMP) $(BENCHSTAT_STAMP) $(CONFORMANCE_STAMP) ## Install the pinned tools into .tools/bin.
 
 $(GOLANGCI_LINT_STAMP):
 	GOBIN=$(TOOLS_BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	@mkdir -p $(@D) && touch $@
+
+$(CONFORMANCE_STAMP):
+	GOBIN=$(TOOLS_BIN) go install connectrpc.com/conformance/cmd/connectconformance@$(CONFORMANCE_VERSION)
 	@mkdir -p $(@D) && touch $@
 
 $(BENCHSTAT_STAMP):

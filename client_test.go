@@ -231,5 +231,7 @@ func TestClientHonoursRetryAfterUpToMaxBackoff(t *testing.T) {
 	require.ErrorAs(t, err, &cerr)
 	assert.Equal(t, connect.CodeAborted, cerr.Code())
 	assert.Len(t, tr.sentKeys(), 5, "the first caller's call, and one call and three retries")
-	assert.Less(t, elapsed, time.Second, "retries wait at most the maximum backoff, not the 1 s hint")
+	// Three retries that honoured the hint would take 3 s; the margin below
+	// that is for a busy machine.
+	assert.Less(t, elapsed, 2500*time.Millisecond, "retries wait at most the maximum backoff, not the 1 s hint")
 }

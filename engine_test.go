@@ -205,9 +205,14 @@ func TestEngineWaitGetsTheFirstAnswer(t *testing.T) {
 			}
 			require.Eventually(t, func() bool { return counter.claims.Load() >= 1+n }, 5*time.Second, time.Millisecond,
 				"every duplicate found the key in flight")
-			// The first request runs on for a while, long enough for a
-			// polling engine to look several times.
-			time.Sleep(300 * time.Millisecond)
+			// The first request runs on for a while: a polling engine looks
+			// several times meanwhile, a waiting one does not look at all.
+			if tt.waiter {
+				time.Sleep(300 * time.Millisecond)
+			} else {
+				require.Eventually(t, func() bool { return counter.claims.Load() > 1+3*n }, 10*time.Second, time.Millisecond,
+					"the duplicates poll")
+			}
 			require.NoError(t, x.Complete(jsonRecord(`{"first":true}`)))
 			for range n {
 				require.NoError(t, <-errs)
@@ -231,7 +236,8 @@ func TestEngineWaitRunsOut(t *testing.T) {
 	_, _, err = e.Begin(t.Context(), req("k", "a"))
 	assert.ErrorIs(t, err, idempotency.ErrInFlight)
 	assert.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
-	assert.Less(t, time.Since(start), 2*time.Second)
+	// Far above the wait: a busy machine fires timers late.
+	assert.Less(t, time.Since(start), 10*time.Second)
 }
 
 func TestEngineWaitThenExecuteAfterRelease(t *testing.T) {
@@ -253,13 +259,14 @@ func TestEngineWaitThenExecuteAfterRelease(t *testing.T) {
 
 func TestEngineRenewsTheLease(t *testing.T) {
 	t.Parallel()
-	// Renewal every 133 ms leaves a lease of 400 ms room for a late timer
-	// under -race on a loaded machine.
-	e := idempotency.NewEngine(newMemory(t), idempotency.WithLease(400*time.Millisecond))
+	// On the store's real clock: renewal every second leaves a lease of 3 s
+	// two seconds for a late timer on a busy machine under -race.
+	const lease = 3 * time.Second
+	e := idempotency.NewEngine(newMemory(t), idempotency.WithLease(lease))
 	x, _, err := e.Begin(t.Context(), req("slow", "a"))
 	require.NoError(t, err)
-	// Several leases long: the claim must hold throughout.
-	deadline := time.Now().Add(1600 * time.Millisecond)
+	// Two leases long: the claim must hold throughout.
+	deadline := time.Now().Add(2 * lease)
 	for time.Now().Before(deadline) {
 		_, _, err := e.Begin(t.Context(), req("slow", "a"))
 		require.ErrorIs(t, err, idempotency.ErrInFlight)
@@ -286,7 +293,7 @@ func TestEngineLostLeaseCannotOverwrite(t *testing.T) {
 	require.Eventually(t, func() bool {
 		x2, _, err = second.Begin(t.Context(), req("k", "a"))
 		return err == nil && x2 != nil
-	}, 2*time.Second, 10*time.Millisecond, "the key is claimable once the lease ran out")
+	}, 10*time.Second, 10*time.Millisecond, "the key is claimable once the lease ran out")
 	require.NoError(t, x2.Complete(jsonRecord(`{"by":"second"}`)))
 
 	assert.ErrorIs(t, x1.Complete(jsonRecord(`{"by":"first"}`)), idempotency.ErrNotHeld)
@@ -315,7 +322,7 @@ func TestEngineExpiredRecordRunsAnew(t *testing.T) {
 			_ = x.Release()
 		}
 		return err == nil && x != nil
-	}, 2*time.Second, 10*time.Millisecond)
+	}, 10*time.Second, 10*time.Millisecond)
 }
 
 func TestEngineStoreUnavailable(t *testing.T) {
@@ -411,13 +418,16 @@ func (s *stallingStore) Renew(ctx context.Context, key, token string, lease time
 func TestEngineSlowRenewalKeepsTheLease(t *testing.T) {
 	t.Parallel()
 	// With a store timeout far above the lease, a renewal that hangs must
-	// still give up in time for the next one to keep the claim.
+	// still give up in time for the next one to keep the claim. On the
+	// store's real clock: the first renewal, at 2 s, gives up at 4 s, and
+	// the next one leaves two seconds for a late timer on a busy machine.
+	const lease = 6 * time.Second
 	s := &stallingStore{Store: newMemory(t)}
-	e := idempotency.NewEngine(s, idempotency.WithLease(900*time.Millisecond),
+	e := idempotency.NewEngine(s, idempotency.WithLease(lease),
 		idempotency.WithStoreTimeout(time.Minute), idempotency.WithLogger(slog.New(slog.DiscardHandler)))
 	x, _, err := e.Begin(t.Context(), req("k", "a"))
 	require.NoError(t, err)
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(lease + lease/3)
 	for time.Now().Before(deadline) {
 		_, _, err := e.Begin(t.Context(), req("k", "a"))
 		require.ErrorIs(t, err, idempotency.ErrInFlight)

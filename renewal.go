@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,6 +21,8 @@ type renewals struct {
 	interval time.Duration
 	base     time.Time // origin of due, from the monotonic clock
 	shards   [renewalShards]renewalQueue
+	// skew moves the clock forward; only tests set it (export_test.go).
+	skew atomic.Int64
 }
 
 type renewalQueue struct {
@@ -39,7 +42,7 @@ func newRenewals(interval time.Duration) *renewals {
 }
 
 // now reads the clock that due times are counted on.
-func (r *renewals) now() int64 { return int64(time.Since(r.base)) }
+func (r *renewals) now() int64 { return int64(time.Since(r.base)) + r.skew.Load() }
 
 func (r *renewals) queue(x *Execution) *renewalQueue {
 	// Storage keys are hashes: any byte of them spreads evenly.

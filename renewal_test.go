@@ -13,17 +13,26 @@ import (
 	"github.com/idemkey/idempotency"
 )
 
-// renewCountingStore counts the renewals of each storage key.
+// renewCountingStore counts the renewals of each storage key and reports
+// each one on renewed.
 type renewCountingStore struct {
 	idempotency.Store
-	mu      sync.Mutex
-	renewed map[string]int
+	mu     sync.Mutex
+	counts map[string]int
+	leases []time.Duration
+	sent   chan string // the storage key of each renewal, as it is sent
+}
+
+func newRenewCountingStore(t *testing.T) *renewCountingStore {
+	return &renewCountingStore{Store: newMemory(t), counts: map[string]int{}, sent: make(chan string, 1024)}
 }
 
 func (s *renewCountingStore) Renew(ctx context.Context, key, token string, lease time.Duration) error {
 	s.mu.Lock()
-	s.renewed[key]++
+	s.counts[key]++
+	s.leases = append(s.leases, lease)
 	s.mu.Unlock()
+	s.sent <- key
 	return s.Store.Renew(ctx, key, token, lease)
 }
 
@@ -31,22 +40,45 @@ func (s *renewCountingStore) total() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for _, c := range s.renewed {
+	for _, c := range s.counts {
 		n += c
 	}
 	return n
 }
 
+// awaitRenewals waits until n renewals were sent and returns their storage
+// keys. The bound only catches a renewal that never comes: the renewals
+// were started before, by [idempotency.AdvanceRenewals].
+func awaitRenewals(t *testing.T, sent <-chan string, n int) []string {
+	t.Helper()
+	keys := make([]string, 0, n)
+	timeout := time.After(10 * time.Second)
+	for len(keys) < n {
+		select {
+		case key := <-sent:
+			keys = append(keys, key)
+		case <-timeout:
+			require.FailNow(t, "renewals missing", "%d of %d renewals sent", len(keys), n)
+		}
+	}
+	return keys
+}
+
+// The renewal tests move the renewal queue's clock by hand
+// ([idempotency.AdvanceRenewals]), with leases far longer than the tests
+// run, so that a busy machine that fires timers late changes nothing.
+const testLease = time.Hour
+
 func TestEngineRenewsOnlyExecutionsInProgress(t *testing.T) {
 	t.Parallel()
 	const (
-		lease = 300 * time.Millisecond // renewed every 100 ms
-		held  = 900 * time.Millisecond
-		n     = 16
+		interval = testLease / 3
+		n        = 16
+		rounds   = 4
 	)
-	s := &renewCountingStore{Store: newMemory(t), renewed: map[string]int{}}
-	e := idempotency.NewEngine(s, idempotency.WithLease(lease))
-	other := idempotency.NewEngine(s, idempotency.WithLease(lease))
+	s := newRenewCountingStore(t)
+	e := idempotency.NewEngine(s, idempotency.WithLease(testLease))
+	other := idempotency.NewEngine(s, idempotency.WithLease(testLease))
 
 	// Executions that start at different times each keep their own lease,
 	// whichever queue they share; those that end at once are never renewed.
@@ -58,15 +90,19 @@ func TestEngineRenewsOnlyExecutionsInProgress(t *testing.T) {
 		y, _, err := e.Begin(t.Context(), req("short-"+strconv.Itoa(i), "a"))
 		require.NoError(t, err)
 		require.NoError(t, y.Complete(jsonRecord(`{}`)))
-		time.Sleep(lease / 20)
+		idempotency.AdvanceRenewals(e, interval/(2*n))
 	}
-	deadline := time.Now().Add(held)
-	for time.Now().Before(deadline) {
+	// Half an interval has passed: nothing is due yet.
+	assert.Zero(t, s.total(), "renewals before the first interval ended")
+
+	for round := 1; round <= rounds; round++ {
+		// Every long execution is due once per interval, and only once.
+		idempotency.AdvanceRenewals(e, interval)
+		awaitRenewals(t, s.sent, n)
 		for i := range n {
 			_, _, err := other.Begin(t.Context(), req("long-"+strconv.Itoa(i), "a"))
 			require.ErrorIs(t, err, idempotency.ErrInFlight, "execution %d lost its claim", i)
 		}
-		time.Sleep(lease / 10)
 	}
 	for _, x := range long {
 		assert.False(t, x.LeaseLost())
@@ -74,39 +110,35 @@ func TestEngineRenewsOnlyExecutionsInProgress(t *testing.T) {
 	}
 
 	s.mu.Lock()
-	assert.Len(t, s.renewed, n, "only the long executions were renewed")
-	for key, c := range s.renewed {
-		// About 9 renewals in 900 ms; a loaded machine may fire late.
-		assert.GreaterOrEqual(t, c, 3, "renewals of %s", key)
+	assert.Len(t, s.counts, n, "only the long executions were renewed")
+	for key, c := range s.counts {
+		assert.Equal(t, rounds, c, "renewals of %s", key)
+	}
+	for _, lease := range s.leases {
+		assert.Equal(t, testLease, lease, "each renewal asks for a whole lease")
 	}
 	s.mu.Unlock()
 
-	// Nothing is renewed once every execution ended. Waiting is the only
-	// way to see that something does not happen: three intervals.
-	before := s.total()
-	time.Sleep(lease)
-	assert.Equal(t, before, s.total(), "renewals after the executions ended")
+	// Nothing is renewed once every execution ended: advancing the clock
+	// starts renewals synchronously, so none started means none will.
+	idempotency.AdvanceRenewals(e, 3*interval)
+	assert.Equal(t, n*rounds, s.total(), "renewals after the executions ended")
+	assert.Empty(t, s.sent, "renewals after the executions ended")
 }
 
-// slowRenewStore's first renewal is slow, as a distant store's can be, and
-// lets the test start other executions just before it returns.
+// slowRenewStore's first renewal is slow, as a distant store's can be: it
+// waits until the test has let time pass and started other executions.
 type slowRenewStore struct {
 	idempotency.Store
-	slow    time.Duration
-	joining chan struct{} // the first renewal is about to return
-	joined  chan struct{} // the test started its other executions
-	sent    chan time.Time
+	sent    chan string   // the storage key of each renewal, as it is sent
+	joining chan struct{} // the first renewal is under way
+	joined  chan struct{} // the test moved the clock and started other executions
 	once    sync.Once
 }
 
 func (s *slowRenewStore) Renew(ctx context.Context, key, token string, lease time.Duration) error {
-	sent := time.Now()
-	select {
-	case s.sent <- sent:
-	default:
-	}
+	s.sent <- key
 	s.once.Do(func() {
-		time.Sleep(s.slow)
 		close(s.joining)
 		<-s.joined
 	})
@@ -118,35 +150,41 @@ func TestEngineSlowRenewalKeepsItsPlace(t *testing.T) {
 	// A renewal that took most of an interval is due again an interval
 	// after it was sent, earlier than executions that started while it
 	// ran: it must not wait for them.
-	const (
-		lease    = 900 * time.Millisecond
-		interval = lease / 3
-	)
+	const interval = testLease / 3
 	s := &slowRenewStore{
-		Store: newMemory(t), slow: interval * 5 / 6,
-		joining: make(chan struct{}), joined: make(chan struct{}), sent: make(chan time.Time, 8),
+		Store: newMemory(t), sent: make(chan string, 64),
+		joining: make(chan struct{}), joined: make(chan struct{}),
 	}
-	e := idempotency.NewEngine(s, idempotency.WithLease(lease))
+	e := idempotency.NewEngine(s, idempotency.WithLease(testLease))
 
 	x, _, err := e.Begin(t.Context(), req("slow", "a"))
 	require.NoError(t, err)
-	first := <-s.sent
+	idempotency.AdvanceRenewals(e, interval)
+	slowKey := awaitRenewals(t, s.sent, 1)[0]
 	<-s.joining
+	// The renewal takes five sixths of an interval; executions start
+	// meanwhile, in every queue.
+	idempotency.AdvanceRenewals(e, interval*5/6)
 	var later []*idempotency.Execution
-	for i := range 8 {
+	for i := range 32 {
 		y, _, err := e.Begin(t.Context(), req("later-"+strconv.Itoa(i), "a"))
 		require.NoError(t, err)
 		later = append(later, y)
 	}
 	close(s.joined)
-	// The next renewal to be sent is the slow execution's: the others
-	// started an interval later.
-	second := <-s.sent
-	// Without its own place in the queue it would wait for the others, some
-	// 250 ms later; a loaded machine fires timers late, but not that late.
-	assert.Less(t, second.Sub(first), interval+interval/2, "time between two renewals of one execution")
+
+	// An interval after the slow renewal was sent, it is due again, and
+	// only it: the others started an interval later. Without its own place
+	// in the queue it would wait behind them.
+	idempotency.AdvanceRenewals(e, interval/6)
+	assert.Equal(t, []string{slowKey}, awaitRenewals(t, s.sent, 1), "the renewal due")
+	// Until the others are due too.
+	idempotency.AdvanceRenewals(e, interval*5/6)
+	assert.Len(t, awaitRenewals(t, s.sent, len(later)), len(later), "renewals of the later executions")
+
 	require.NoError(t, x.Complete(jsonRecord(`{}`)))
 	for _, y := range later {
 		require.NoError(t, y.Release())
 	}
+	assert.Empty(t, s.sent, "renewals after the executions ended")
 }

@@ -149,6 +149,8 @@ type Entry struct {
 
 // Counts is what [Counter.Count] reports.
 type Counts struct {
-	Claims  int64
+	// Claims is the number of live claims: requests in flight.
+	Claims int64
+	// Records is the number of completed records that have not expired.
 	Records int64
 }

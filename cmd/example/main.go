@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpcreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/idemkey/idempotency"
@@ -65,6 +67,11 @@ func run(addr string, logger *slog.Logger) error {
 		connect.WithInterceptors(idempotency.NewInterceptor(store, opts...)),
 	))
 	mux.Handle("POST /orders", httpmw.New(store, opts...)(http.HandlerFunc(createOrder)))
+	// gRPC server reflection, so that tools such as buf curl and grpcurl
+	// find the schema without being given it.
+	reflector := grpcreflect.NewStaticReflector(paymentsv1connect.PaymentServiceName)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -173,30 +180,46 @@ func openStore(logger *slog.Logger) (idempotency.Store, string, func(), error) {
 	return s, "in-memory store", func() { _ = s.Close() }, nil
 }
 
-func printHelp(w *os.File, base, storeName string) {
+func printHelp(w io.Writer, base, storeName string) {
+	for _, l := range helpLines(base, storeName) {
+		fmt.Fprintln(w, l)
+	}
+}
+
+// helpLines are the commands that show the library at work against a
+// server at base.
+func helpLines(base, storeName string) []string {
 	charge := base + "/idemkey.payments.v1.PaymentService/Charge"
+	orders := base + "/orders"
 	h := `-H 'Content-Type: application/json'`
-	lines := []string{
+	return []string{
 		fmt.Sprintf("Payments example listening on %s (%s).", base, storeName),
 		"",
+		"The Connect service (Charge is guarded):",
 		"1. A first call runs the handler:",
 		fmt.Sprintf(`   curl -i %s %s -H 'Idempotency-Key: demo-1' -d '{"accountId":"acct_1","amountCents":1500,"currency":"EUR"}'`, charge, h),
-		"2. The same call again is a replay (Idempotent-Replayed: true, same charge_id):",
+		"2. The same call again is a replay (Idempotent-Replayed: true, same chargeId):",
 		"   (run the command of step 1 again)",
-		"3. Two concurrent calls with one key: the second gets 409 Aborted with Retry-After:",
+		"3. Two concurrent calls with one key: the second gets 409 Conflict (Connect code aborted) with Retry-After:",
 		fmt.Sprintf(`   curl -s %s %s -H 'Idempotency-Key: demo-2' -d '{"accountId":"acct_1","amountCents":700,"metadata":{"delay":"3s"}}' &`, charge, h),
 		fmt.Sprintf(`   sleep 0.5; curl -i %s %s -H 'Idempotency-Key: demo-2' -d '{"accountId":"acct_1","amountCents":700,"metadata":{"delay":"3s"}}'; wait`, charge, h),
-		"4. The key of step 1 with another payload is rejected (invalid_argument, nothing runs):",
+		"4. The key of step 1 with another payload is rejected: 400 (Connect code invalid_argument), nothing runs:",
 		fmt.Sprintf(`   curl -i %s %s -H 'Idempotency-Key: demo-1' -d '{"accountId":"acct_1","amountCents":9999,"currency":"EUR"}'`, charge, h),
-		"5. The plain net/http endpoint behaves the same (201, then a replay):",
-		fmt.Sprintf(`   curl -i %s/orders %s -H 'Idempotency-Key: order-1' -d '{"item":"book","quantity":2}'`, base, h),
+		"5. The server has gRPC reflection, so buf curl needs no schema (-v shows the replay header on a second run):",
+		fmt.Sprintf(`   go run github.com/bufbuild/buf/cmd/buf@v1.75.0 curl -v --http2-prior-knowledge -H 'Idempotency-Key: demo-3' -d '{"accountId":"acct_1","amountCents":500,"currency":"EUR"}' %s`, charge),
 		"",
-		"6. A Connect client with the client interceptor retries a lost answer safely:",
+		"The plain net/http endpoint (POST /orders):",
+		"6. A first request runs the handler (201); the same request again is a replay:",
+		fmt.Sprintf(`   curl -i %s %s -H 'Idempotency-Key: order-1' -d '{"item":"book","quantity":2}'`, orders, h),
+		"7. Two concurrent requests with one key: the second gets 409 with Retry-After:",
+		fmt.Sprintf(`   curl -s %s %s -H 'Idempotency-Key: order-2' -d '{"item":"pen","quantity":1,"delay":"3s"}' &`, orders, h),
+		fmt.Sprintf(`   sleep 0.5; curl -i %s %s -H 'Idempotency-Key: order-2' -d '{"item":"pen","quantity":1,"delay":"3s"}'; wait`, orders, h),
+		"8. The key of step 6 with another payload is rejected with 422, nothing runs:",
+		fmt.Sprintf(`   curl -i %s %s -H 'Idempotency-Key: order-1' -d '{"item":"book","quantity":5}'`, orders, h),
+		"",
+		"9. A Connect client with the client interceptor retries a lost answer safely:",
 		"   go run ./cmd/example -client",
 		"",
 		"Stop with Ctrl-C.",
-	}
-	for _, l := range lines {
-		fmt.Fprintln(w, l)
 	}
 }

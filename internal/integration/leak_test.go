@@ -48,7 +48,7 @@ func TestNoGoroutineLeft(t *testing.T) {
 	}, lease)
 	b := startHTTP(t, newStore(t, cb, prefix), func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, chargeJSON("B", runs.Add(1)))
-	}, lease, idempotency.WithWait(3*time.Second))
+	}, lease, idempotency.WithWait(10*time.Second))
 	rpc := startConnect(t, newStore(t, cb, prefix), func(_ context.Context, _ *connect.Request[paymentsv1.ChargeRequest]) (*connect.Response[paymentsv1.ChargeResponse], error) {
 		return chargeResponse("C", runs.Add(1)), nil
 	}, lease)

@@ -47,7 +47,7 @@ func TestWaitAcrossInstances(t *testing.T) {
 		})
 		b := startHTTP(t, newStore(t, cb, prefix), func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, chargeJSON("B", runsB.Add(1)))
-		}, idempotency.WithWait(3*time.Second))
+		}, idempotency.WithWait(10*time.Second))
 
 		// The first round loads the scripts and starts B's subscription;
 		// the second is counted.
@@ -71,7 +71,8 @@ func TestWaitAcrossInstances(t *testing.T) {
 
 			assertExecuted(t, first)
 			assertReplayOf(t, first, dup, "round %d: B answers with A's result", round)
-			assert.Less(t, elapsed, 1500*time.Millisecond, "round %d", round)
+			// Below the store's 5 s poll: B was woken, on a busy machine too.
+			assert.Less(t, elapsed, 3*time.Second, "round %d", round)
 			assert.Zero(t, runsB.Load(), "round %d: B never runs the request", round)
 			if round == 0 {
 				continue
@@ -116,7 +117,7 @@ func TestWaitAcrossInstances(t *testing.T) {
 		t.Logf("the wait of %v ran out after %v", wait, elapsed.Round(time.Millisecond))
 		assertConflict(t, dup)
 		assert.GreaterOrEqual(t, elapsed, wait-20*time.Millisecond, "B waits before it gives up")
-		assert.Less(t, elapsed, wait+1500*time.Millisecond, "B gives up within its bound, plus its claims")
+		assert.Less(t, elapsed, wait+3*time.Second, "B gives up within its bound, plus its claims")
 		assertExecuted(t, receive(t, fromA, 5*time.Second, "A's answer"))
 		assert.Zero(t, runsB.Load())
 	})
@@ -144,7 +145,7 @@ func TestWaitAcrossInstances(t *testing.T) {
 		})
 		b := startHTTP(t, newStore(t, cb, prefix), func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, chargeJSON("B", runsB.Add(1)))
-		}, idempotency.WithWait(3*time.Second))
+		}, idempotency.WithWait(10*time.Second))
 
 		key := newKey()
 		fromA := make(chan answer, 1)
@@ -161,7 +162,8 @@ func TestWaitAcrossInstances(t *testing.T) {
 		assert.Equal(t, chargeJSON("B", 1), string(dup.body))
 		woken := dup.at.Sub(*returned.Load())
 		t.Logf("B answered %v after A's handler returned", woken.Round(time.Millisecond))
-		assert.Less(t, woken, 1500*time.Millisecond, "the release wakes B")
+		// Below the store's 5 s poll: the release woke B, on a busy machine too.
+		assert.Less(t, woken, 3*time.Second, "the release wakes B")
 		assert.Equal(t, int64(1), runsA.Load())
 		assert.Equal(t, int64(1), runsB.Load())
 		assertReplayOf(t, dup, a.post(t, key), "A replays B's record")
@@ -215,7 +217,7 @@ func TestWaitLatency(t *testing.T) {
 	}{
 		{name: "one process, memory store", start: func(t *testing.T, handler http.HandlerFunc) (*httpInstance, *httpInstance, probe) {
 			store := &signalWaits{Store: memory.New(), entered: make(chan struct{}, 1)}
-			in := startHTTP(t, store, handler, idempotency.WithWait(3*time.Second))
+			in := startHTTP(t, store, handler, idempotency.WithWait(10*time.Second))
 			return in, in, probe{
 				reset: func() {
 					select {
@@ -238,7 +240,7 @@ func TestWaitLatency(t *testing.T) {
 			prefix := redistest.Prefix(t, ca)
 			bReplies := newReplies(cb)
 			a := startHTTP(t, newStore(t, ca, prefix), handler)
-			b := startHTTP(t, newStore(t, cb, prefix), handler, idempotency.WithWait(3*time.Second))
+			b := startHTTP(t, newStore(t, cb, prefix), handler, idempotency.WithWait(10*time.Second))
 			return a, b, probe{
 				reset: bReplies.drain,
 				// B's claim found the key in flight and its mark has
@@ -290,8 +292,8 @@ func TestWaitLatency(t *testing.T) {
 			median, worst := percentiles(latencies)
 			t.Logf("%s: a waiting duplicate was answered %v (median) and %v (worst of %d) after the first handler returned",
 				tt.name, median.Round(10*time.Microsecond), worst.Round(10*time.Microsecond), waitLatencyRounds)
-			assert.Less(t, median, 200*time.Millisecond)
-			assert.Less(t, worst, 2*time.Second)
+			assert.Less(t, median, 500*time.Millisecond)
+			assert.Less(t, worst, 4*time.Second, "below the store's 5 s poll")
 		})
 	}
 }

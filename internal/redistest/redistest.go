@@ -38,7 +38,15 @@ const (
 	// EnvRequire names the variable that, set to 1, turns a missing
 	// redis-server into a test failure instead of a skip.
 	EnvRequire = "IDEMPOTENCY_REQUIRE_REDIS"
+	// EnvLog names the variable that, set to 1, keeps go-redis's own log
+	// lines in tests that call [Main].
+	EnvLog = "IDEMPOTENCY_REDIS_LOG"
 )
+
+// discardLogger drops go-redis's log lines.
+type discardLogger struct{}
+
+func (discardLogger) Printf(context.Context, string, ...any) {}
 
 // lookPath finds a Redis program, or skips (or fails) the test when it is
 // not installed.
@@ -134,7 +142,14 @@ func NewClient(tb testing.TB, opts *redis.Options) *redis.Client {
 //
 // Without it, the shared server is killed when the test binary exits (on
 // Linux), and its temporary folder stays behind.
+//
+// Main also silences go-redis's own logger, which otherwise writes every
+// refused connection of a test that stops Redis on purpose to the test
+// binary's standard error; set IDEMPOTENCY_REDIS_LOG=1 to see it.
 func Main(m *testing.M) {
+	if os.Getenv(EnvLog) != "1" {
+		redis.SetLogger(discardLogger{})
+	}
 	code := m.Run()
 	if err := stopShared(); err != nil {
 		fmt.Fprintln(os.Stderr, "redistest:", err)
