@@ -55,26 +55,55 @@ func NewEngine(store Store, opts ...Option) *Engine {
 	return e
 }
 
-// Settings are an engine's resolved options, for adapters.
+// Settings are an engine's resolved options, for adapters. Each field holds
+// the value of the option named in its comment, or that option's default.
 type Settings struct {
+	// IdempotencyHeader is the key's header ([WithIdempotencyHeader]).
 	IdempotencyHeader string
-	ReplayHeader      string
-	EnforceUUID4      bool
-	Expiry            time.Duration
+	// ReplayHeader marks replayed responses ([WithReplayHeader]).
+	ReplayHeader string
+	// EnforceUUID4 requires keys to be v4 UUIDs ([WithEnforceUUID4]).
+	EnforceUUID4 bool
+	// Expiry is how long a completed record is replayed; zero never
+	// expires ([WithExpiry]).
+	Expiry time.Duration
+	// ApplicableMethods are the HTTP methods httpmw guards
+	// ([WithApplicableMethods]).
 	ApplicableMethods []string
-	RequireKey        bool
-	KeyScope          func(context.Context, http.Header) string
-	Lease             time.Duration
-	Wait              time.Duration
-	RetryAfter        time.Duration
-	StoreTimeout      time.Duration
-	FailOpen          bool
-	MaxBodySize       int64
-	MaxResponseSize   int64
-	StoredHeaders     []string
-	Fingerprint       bool
-	Procedures        func(connect.Spec) bool
-	Logger            *slog.Logger
+	// RequireKey rejects guarded requests without a key ([WithRequireKey]).
+	RequireKey bool
+	// KeyScope returns the caller's identity, or is nil ([WithKeyScope]).
+	KeyScope func(context.Context, http.Header) string
+	// Lease is a claim's lease, renewed every third of it ([WithLease]).
+	Lease time.Duration
+	// Wait is how long a duplicate waits for the first request; zero
+	// answers at once ([WithWait]).
+	Wait time.Duration
+	// RetryAfter is the Retry-After hint of an in-flight answer
+	// ([WithRetryAfter]); see [Settings.RetryAfterSeconds].
+	RetryAfter time.Duration
+	// StoreTimeout bounds each store call ([WithStoreTimeout]).
+	StoreTimeout time.Duration
+	// FailOpen runs handlers unprotected when the store cannot be reached
+	// ([WithFailOpen]).
+	FailOpen bool
+	// MaxBodySize is the request body httpmw reads to fingerprint
+	// ([WithMaxBodySize]).
+	MaxBodySize int64
+	// MaxResponseSize is the largest response that is stored
+	// ([WithMaxResponseSize]).
+	MaxResponseSize int64
+	// StoredHeaders are the response headers httpmw stores
+	// ([WithStoredHeaders]).
+	StoredHeaders []string
+	// Fingerprint says whether payloads are fingerprinted
+	// ([WithoutFingerprint] turns it off).
+	Fingerprint bool
+	// Procedures says which unary procedures the interceptors guard
+	// ([WithProcedures]).
+	Procedures func(connect.Spec) bool
+	// Logger receives the engine's warnings ([WithLogger]).
+	Logger *slog.Logger
 }
 
 // Guards reports whether an RPC adapter guards a unary procedure: by

@@ -16,7 +16,7 @@ var (
 	// ErrKeyRequired: the request has no key and [WithRequireKey] is on.
 	// 400 / [connect.CodeInvalidArgument].
 	ErrKeyRequired = errors.New("idempotency: an Idempotency-Key header is required")
-	// ErrInvalidKey: the key is malformed (empty after trimming, longer than
+	// ErrInvalidKey: the key is malformed (an empty quoted string, longer than
 	// 255 bytes, control characters, invalid UTF-8, several values, a broken
 	// quoted string, or not a v4 UUID under [WithEnforceUUID4]).
 	// 422 / [connect.CodeInvalidArgument].

@@ -73,7 +73,9 @@ type ErrorRecord struct {
 // An ErrorDetail is one stored error detail: a protobuf Any's type URL
 // (without its prefix, as connect reports it) and value.
 type ErrorDetail struct {
-	Type  string
+	// Type is the detail's full message name.
+	Type string
+	// Value is the detail's message in the protobuf binary format.
 	Value []byte
 }
 
