@@ -218,18 +218,39 @@ var cases = []suiteCase{
 				h, runs := counted(func(_ context.Context, _ *paymentsv1.ChargeRequest, md Metadata) (*paymentsv1.ChargeResponse, error) {
 					md.SetHeader("X-Reason", "funds")
 					md.SetTrailer("X-Audit", "a1")
-					return nil, &Failure{Code: CodeFailedPrecondition, Message: "insufficient funds: caf\xe9", Details: []Detail{detail}}
+					return nil, &Failure{Code: CodeFailedPrecondition, Message: "insufficient funds", Details: []Detail{detail}}
 				})
 				srv := start(t, a, h, memory.New())
 				first := srv.Call(t.Context(), p, []string{"key-err"}, Request("acct"))
 				require.NotNil(t, first.Err)
-				assert.Equal(t, uint32(CodeFailedPrecondition), first.Err.Code)
+				assert.Equal(t, uint32(CodeFailedPrecondition), first.Err.Code, first.Err.Message)
 				replay := srv.Call(t.Context(), p, []string{"key-err"}, Request("acct"))
 				assert.Equal(t, int64(1), runs.Load(), "handler runs")
 				SameAnswer(t, first, replay, idempotency.DefaultReplayHeader)
 				assert.Equal(t, []Detail{detail}, replay.Err.Details)
 				assert.Equal(t, "funds", replay.Meta("X-Reason"))
 				assert.Equal(t, "a1", replay.Meta("X-Audit"))
+			})
+		}
+	}},
+	{"ErrorMessageBytes", func(t *testing.T, a Adapter) {
+		// Without details: gRPC carries details in a protobuf Status, whose
+		// message connect-go v1 cannot decode unless it is UTF-8.
+		for _, p := range a.Protocols {
+			t.Run(p, func(t *testing.T) {
+				t.Parallel()
+				h, runs := counted(func(context.Context, *paymentsv1.ChargeRequest, Metadata) (*paymentsv1.ChargeResponse, error) {
+					return nil, &Failure{Code: CodeFailedPrecondition, Message: "caf\xe9 \x00 100%"}
+				})
+				srv := start(t, a, h, memory.New())
+				first := srv.Call(t.Context(), p, []string{"key-bytes"}, Request("acct"))
+				require.NotNil(t, first.Err)
+				// The Connect protocol's JSON turns the bytes into U+FFFD on
+				// the first answer already; gRPC and in process keep them.
+				// Either way the replay is what the first answer was.
+				replay := srv.Call(t.Context(), p, []string{"key-bytes"}, Request("acct"))
+				assert.Equal(t, int64(1), runs.Load(), "handler runs")
+				SameAnswer(t, first, replay, idempotency.DefaultReplayHeader)
 			})
 		}
 	}},
