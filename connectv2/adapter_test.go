@@ -70,12 +70,7 @@ func startV2(t *testing.T, svc paymentsv1connect.PaymentServiceHandler, intercep
 	t.Helper()
 	server := connect.NewServer(interceptors...)
 	paymentsv1connect.RegisterPaymentServiceHandler(server, svc)
-	mux := http.NewServeMux()
-	connecthttp.Mount(mux, server)
-	hs := httptest.NewUnstartedServer(mux)
-	hs.EnableHTTP2 = true
-	hs.StartTLS()
-	t.Cleanup(hs.Close)
+	hs := serveV2(t, server)
 	s := &v2Server{clients: map[string]paymentsv1connect.PaymentServiceClient{
 		"inprocess": paymentsv1connect.NewPaymentServiceClient(connect.NewClient(connectinprocess.New(server))),
 	}}
@@ -84,6 +79,19 @@ func startV2(t *testing.T, svc paymentsv1connect.PaymentServiceHandler, intercep
 	}
 	s.url, s.httpClient = hs.URL, hs.Client()
 	return s
+}
+
+// serveV2 serves a v2 server over HTTP/1.1 and HTTP/2 with TLS until the
+// test ends.
+func serveV2(t *testing.T, server *connect.Server) *httptest.Server {
+	t.Helper()
+	mux := http.NewServeMux()
+	connecthttp.Mount(mux, server)
+	hs := httptest.NewUnstartedServer(mux)
+	hs.EnableHTTP2 = true
+	hs.StartTLS()
+	t.Cleanup(hs.Close)
+	return hs
 }
 
 func (s *v2Server) Call(ctx context.Context, protocol string, keys []string, req *paymentsv1.ChargeRequest) adaptertest.Result {
