@@ -2,8 +2,10 @@ package connectv2_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 
@@ -108,4 +110,69 @@ func TestCrossVersionReplays(t *testing.T) {
 			})
 		}
 	}
+}
+
+// v1Payments is the payments service on connect-go v1, answering Charge
+// with an error whose metadata is its own, apart from the headers set in
+// the call info.
+type v1Payments struct {
+	v1connect.UnimplementedPaymentServiceHandler
+	runs atomic.Int64
+}
+
+func (s *v1Payments) Charge(ctx context.Context, _ *connectv1.Request[paymentsv1.ChargeRequest]) (*connectv1.Response[paymentsv1.ChargeResponse], error) {
+	s.runs.Add(1)
+	info, _ := connectv1.CallInfoForHandlerContext(ctx)
+	info.ResponseHeader().Set("X-Reason", "funds")
+	ce := connectv1.NewError(connectv1.CodeFailedPrecondition, errors.New("insufficient funds"))
+	ce.Meta().Set("X-Error-Meta", "m")
+	return nil, ce
+}
+
+// TestMigrationSharesTheStore: a v1 server and a v2 server over one store,
+// as during a migration: what the v1 server answered, the v2 server
+// replays, the v1 error's own metadata where a v1 server sends it, and the
+// other way round.
+func TestMigrationSharesTheStore(t *testing.T) {
+	t.Parallel()
+	store := memory.New()
+	v1svc := &v1Payments{}
+	mux := http.NewServeMux()
+	mux.Handle(v1connect.NewPaymentServiceHandler(v1svc, connectv1.WithInterceptors(idempotency.NewInterceptor(store, quiet))))
+	v1srv := httptest.NewUnstartedServer(mux)
+	v1srv.EnableHTTP2 = true
+	v1srv.StartTLS()
+	t.Cleanup(v1srv.Close)
+	var v2runs atomic.Int64
+	v2srv := startV2(t, &service{charge: func(ctx context.Context, req *paymentsv1.ChargeRequest, md adaptertest.Metadata) (*paymentsv1.ChargeResponse, error) {
+		v2runs.Add(1)
+		return adaptertest.Charge(ctx, req, md)
+	}}, connectv2.NewServerInterceptor(store, quiet))
+	// callV1 takes the server to call from a v2Server's address.
+	v1At := &v2Server{url: v1srv.URL, httpClient: v1srv.Client()}
+
+	for p := range v1Protocols {
+		t.Run(p, func(t *testing.T) {
+			// A v1 answer, replayed by v2.
+			first := callV1(t.Context(), v1At, p, "from-v1-"+p, adaptertest.Request("acct"))
+			require.NotNil(t, first.Err)
+			replay := v2srv.Call(t.Context(), p, []string{"from-v1-" + p}, adaptertest.Request("acct"))
+			require.NotNil(t, replay.Err)
+			assert.Equal(t, *first.Err, *replay.Err)
+			assert.Equal(t, "true", replay.Meta(idempotency.DefaultReplayHeader))
+			assert.Equal(t, "funds", replay.Meta("X-Reason"))
+			if p == "grpc" || p == "grpcweb" {
+				assert.Equal(t, "m", replay.Trailer.Get("X-Error-Meta"), "a v1 error's metadata is a trailer on gRPC")
+			} else {
+				assert.Equal(t, "m", replay.Header.Get("X-Error-Meta"), "a v1 error's metadata is a header on Connect")
+			}
+			// A v2 answer, replayed by v1.
+			v2first := v2srv.Call(t.Context(), p, []string{"from-v2-" + p}, adaptertest.Request("acct"))
+			require.Nil(t, v2first.Err)
+			v1replay := callV1(t.Context(), v1At, p, "from-v2-"+p, adaptertest.Request("acct"))
+			adaptertest.SameAnswer(t, v2first, v1replay, idempotency.DefaultReplayHeader)
+		})
+	}
+	assert.Equal(t, int64(len(v1Protocols)), v1svc.runs.Load(), "v1 handler runs")
+	assert.Equal(t, int64(len(v1Protocols)), v2runs.Load(), "v2 handler runs")
 }

@@ -427,6 +427,32 @@ var cases = []suiteCase{
 		assert.Equal(t, idempotency.StatusStoreUnavailable, res.Meta(idempotency.StatusHeader))
 		assert.Zero(t, runs.Load())
 	}},
+	{"ProcedureFilter", func(t *testing.T, a Adapter) {
+		h, runs := counted(Charge)
+		srv := start(t, a, h, failingStore{}, idempotency.WithProcedureFilter(func(string) bool { return false }))
+		for range 2 {
+			res := srv.Call(t.Context(), a.Protocols[0], []string{"key-pf"}, Request("acct"))
+			require.Nil(t, res.Err, "an unguarded procedure never reaches the store")
+			assert.Empty(t, res.Meta(idempotency.DefaultReplayHeader))
+		}
+		assert.Equal(t, int64(2), runs.Load())
+	}},
+	{"CorruptRecord", func(t *testing.T, a Adapter) {
+		h, runs := counted(Charge)
+		for name, record := range map[string]string{
+			"not json":        "{not json",
+			"bad code":        `{"v":1,"s":500,"e":{"c":99}}`,
+			"no message":      `{"v":1,"s":200}`,
+			"detail nameless": `{"v":1,"s":400,"e":{"c":3,"d":[{"t":"","v":""}]}}`,
+		} {
+			srv := start(t, a, h, completedStore(record))
+			res := srv.Call(t.Context(), a.Protocols[0], []string{"key-cr"}, Request("acct"))
+			require.NotNil(t, res.Err, name)
+			assert.Equal(t, uint32(CodeUnavailable), res.Err.Code, name)
+			assert.Equal(t, idempotency.StatusStoreUnavailable, res.Meta(idempotency.StatusHeader), name)
+		}
+		assert.Zero(t, runs.Load())
+	}},
 	{"NotStoredUnavailable", func(t *testing.T, a Adapter) {
 		h, runs := counted(func(context.Context, *paymentsv1.ChargeRequest, Metadata) (*paymentsv1.ChargeResponse, error) {
 			return nil, &Failure{Code: CodeUnavailable, Message: "try later"}
@@ -440,6 +466,20 @@ var cases = []suiteCase{
 		}
 		assert.Equal(t, int64(2), runs.Load(), "Unavailable is not stored by default")
 	}},
+}
+
+// completedStore answers every claim with record, as a completed key.
+type completedStore string
+
+func (s completedStore) Claim(context.Context, string, string, time.Duration) (idempotency.ClaimResult, error) {
+	return idempotency.ClaimResult{State: idempotency.StateCompleted, Record: []byte(s)}, nil
+}
+func (completedStore) Complete(context.Context, string, string, []byte, time.Duration) error {
+	return idempotency.ErrNotHeld
+}
+func (completedStore) Release(context.Context, string, string) error { return idempotency.ErrNotHeld }
+func (completedStore) Renew(context.Context, string, string, time.Duration) error {
+	return idempotency.ErrNotHeld
 }
 
 // failingStore fails every call.

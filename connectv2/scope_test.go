@@ -1,0 +1,45 @@
+package connectv2_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connectinprocess"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemkey/idempotency"
+	"github.com/idemkey/idempotency/connectv2"
+	"github.com/idemkey/idempotency/internal/adaptertest"
+	"github.com/idemkey/idempotency/internal/gen/connectv2/idemkey/payments/v1/paymentsv1connect"
+	paymentsv1 "github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1"
+	"github.com/idemkey/idempotency/store/memory"
+)
+
+// TestServerInterceptorKeyScope: under WithKeyScope, one key from two
+// tenants is two requests; from one tenant, one.
+func TestServerInterceptorKeyScope(t *testing.T) {
+	t.Parallel()
+	var runs int
+	server := connect.NewServer(connectv2.NewServerInterceptor(memory.New(), quiet,
+		idempotency.WithKeyScope(func(_ context.Context, h http.Header) string { return h.Get("X-Tenant") })))
+	paymentsv1connect.RegisterPaymentServiceHandler(server, &service{charge: func(ctx context.Context, req *paymentsv1.ChargeRequest, md adaptertest.Metadata) (*paymentsv1.ChargeResponse, error) {
+		runs++
+		return adaptertest.Charge(ctx, req, md)
+	}})
+	client := paymentsv1connect.NewPaymentServiceClient(connect.NewClient(connectinprocess.New(server)))
+	call := func(tenant string) bool {
+		ctx, info := connect.NewClientContext(t.Context())
+		info.RequestHeader().Set(idempotency.DefaultIdempotencyHeader, "same-key")
+		info.RequestHeader().Set("X-Tenant", tenant)
+		_, err := client.Charge(ctx, adaptertest.Request("acct"))
+		require.NoError(t, err)
+		return info.ResponseHeader().Get(idempotency.DefaultReplayHeader) == "true"
+	}
+	assert.False(t, call("a"))
+	assert.False(t, call("b"), "another tenant's key")
+	assert.True(t, call("a"))
+	assert.Equal(t, 2, runs)
+}
