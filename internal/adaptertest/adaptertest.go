@@ -453,6 +453,36 @@ var cases = []suiteCase{
 		}
 		assert.Zero(t, runs.Load())
 	}},
+	{"ConcurrentDuplicates", func(t *testing.T, a Adapter) {
+		h, runs := counted(Charge)
+		srv := start(t, a, h, memory.New())
+		const n = 8
+		results := make(chan Result, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			p := a.Protocols[i%len(a.Protocols)]
+			wg.Go(func() { results <- srv.Call(t.Context(), p, []string{"key-cd"}, Request("acct")) })
+		}
+		wg.Wait()
+		close(results)
+		for res := range results {
+			if res.Err != nil {
+				assert.Equal(t, uint32(CodeAborted), res.Err.Code)
+				assert.Equal(t, idempotency.StatusInFlight, res.Meta(idempotency.StatusHeader))
+			}
+		}
+		assert.Equal(t, int64(1), runs.Load(), "handler runs")
+	}},
+	{"TooLargeNotStored", func(t *testing.T, a Adapter) {
+		h, runs := counted(Charge)
+		srv := start(t, a, h, memory.New(), idempotency.WithMaxResponseSize(16))
+		for range 2 {
+			res := srv.Call(t.Context(), a.Protocols[0], []string{"key-big"}, Request("acct"))
+			require.Nil(t, res.Err, "the client gets its answer")
+			assert.Empty(t, res.Meta(idempotency.DefaultReplayHeader))
+		}
+		assert.Equal(t, int64(2), runs.Load(), "not stored: the retry runs again")
+	}},
 	{"NotStoredUnavailable", func(t *testing.T, a Adapter) {
 		h, runs := counted(func(context.Context, *paymentsv1.ChargeRequest, Metadata) (*paymentsv1.ChargeResponse, error) {
 			return nil, &Failure{Code: CodeUnavailable, Message: "try later"}
