@@ -50,7 +50,7 @@ func BenchmarkConnectV2InProcess(b *testing.B) {
 			n++
 			k := n
 			if hot {
-				k %= 1024
+				k %= hotKeys
 			}
 			buf = strconv.AppendUint(append(buf[:0], "bench-"...), 1_000_000_000_000+k, 10)
 			ctx, info := connect.NewClientContext(b.Context())
@@ -77,7 +77,7 @@ func BenchmarkConnectV2InProcess(b *testing.B) {
 	b.Run("Bare", func(b *testing.B) { run(b, bare, idempotency.DefaultIdempotencyHeader, false, false) })
 	b.Run("Replay", func(b *testing.B) {
 		client := guarded()
-		for i := range 1024 {
+		for i := range hotKeys {
 			ctx, info := connect.NewClientContext(b.Context())
 			info.RequestHeader().Set(idempotency.DefaultIdempotencyHeader, "bench-"+strconv.FormatUint(1_000_000_000_000+uint64(i), 10))
 			if _, err := client.Charge(ctx, req); err != nil {
@@ -96,3 +96,7 @@ type benchCharges struct {
 func (benchCharges) Charge(_ context.Context, _ *paymentsv1.ChargeRequest) (*paymentsv1.ChargeResponse, error) {
 	return &paymentsv1.ChargeResponse{ChargeId: "ch_1", Status: "succeeded", AmountCents: 1250}, nil
 }
+
+// hotKeys is how many recorded keys a replay run cycles through, as in
+// package loadtest.
+const hotKeys = 16
