@@ -59,7 +59,8 @@ func NewClientInterceptor(opts ...idempotency.Option) connect.ClientInterceptor 
 // retryStream is the stream of a guarded unary call: it sends the request
 // when the response is asked for, as many times as the policy allows.
 type retryStream struct {
-	ctx    context.Context //nolint:containedctx // the call's context, bound when the stream opened
+	// ctx is the call's context: a stream is bound to it when it opens.
+	ctx    context.Context
 	spec   connect.Spec
 	next   connect.ClientFunc
 	policy *idempotency.RetryPolicy

@@ -39,7 +39,7 @@ func callV1(ctx context.Context, s *v2Server, protocol, key string, msg *payment
 	res, err := client.Charge(ctx, req)
 	if err != nil {
 		r := adaptertest.Result{Err: &adaptertest.Failure{Code: uint32(connectv1.CodeOf(err))}, Header: http.Header{}, Trailer: http.Header{}}
-		if ce, ok := err.(*connectv1.Error); ok {
+		if ce, ok := errors.AsType[*connectv1.Error](err); ok {
 			r.Err.Message = ce.Message()
 			r.Header = ce.Meta()
 			for _, d := range ce.Details() {
@@ -133,8 +133,9 @@ func (s *v1Payments) Charge(ctx context.Context, _ *connectv1.Request[paymentsv1
 // as during a migration: what the v1 server answered, the v2 server
 // replays, the v1 error's own metadata where a v1 server sends it, and the
 // other way round.
+//
+// The protocols run in turn, on one store and one pair of servers.
 func TestMigrationSharesTheStore(t *testing.T) {
-	t.Parallel()
 	store := memory.New()
 	v1svc := &v1Payments{}
 	mux := http.NewServeMux()

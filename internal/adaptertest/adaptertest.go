@@ -63,6 +63,7 @@ type Detail struct {
 	Value []byte
 }
 
+// Error describes the failure.
 func (f *Failure) Error() string { return fmt.Sprintf("code %d: %s", f.Code, f.Message) }
 
 // A Result is what a client received from one call.
