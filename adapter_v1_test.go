@@ -42,7 +42,7 @@ func v1Charge(h adaptertest.Handler) func(context.Context, *connect.Request[paym
 	return func(ctx context.Context, req *connect.Request[paymentsv1.ChargeRequest]) (*connect.Response[paymentsv1.ChargeResponse], error) {
 		info, _ := connect.CallInfoForHandlerContext(ctx)
 		msg, err := h(ctx, req.Msg, v1Metadata{info})
-		if f, ok := errors.AsType[*adaptertest.Failure](err); ok {
+		if f, ok := errors.AsType[*adaptertest.RPCError](err); ok {
 			ce := connect.NewError(connect.Code(f.Code), errors.New(f.Message))
 			for _, d := range f.Details {
 				detail, derr := connect.NewErrorDetail(&anypb.Any{TypeUrl: "type.googleapis.com/" + d.Type, Value: d.Value})
@@ -81,7 +81,7 @@ func (c v1Clients) Call(ctx context.Context, protocol string, keys []string, msg
 	}
 	res, err := c[protocol].Charge(ctx, req)
 	if err != nil {
-		r := adaptertest.Result{Err: &adaptertest.Failure{Code: uint32(connect.CodeOf(err))}, Header: http.Header{}, Trailer: http.Header{}}
+		r := adaptertest.Result{Err: &adaptertest.RPCError{Code: uint32(connect.CodeOf(err))}, Header: http.Header{}, Trailer: http.Header{}}
 		if ce, ok := errors.AsType[*connect.Error](err); ok {
 			r.Err.Message = ce.Message()
 			// connect-go v1 merges an error's headers and trailers into its

@@ -27,7 +27,7 @@ type service struct {
 func (s *service) Charge(ctx context.Context, req *paymentsv1.ChargeRequest) (*paymentsv1.ChargeResponse, error) {
 	info, _ := connect.CallInfoForServerContext(ctx)
 	res, err := s.charge(ctx, req, metadata{info})
-	if f, ok := errors.AsType[*adaptertest.Failure](err); ok {
+	if f, ok := errors.AsType[*adaptertest.RPCError](err); ok {
 		ce := connect.NewError(connect.Code(f.Code), f.Message)
 		for _, d := range f.Details {
 			ce = ce.WithDetail(&connect.ErrorDetail{Type: d.Type, Value: d.Value})
@@ -107,7 +107,7 @@ func (s *v2Server) Call(ctx context.Context, protocol string, keys []string, req
 func v2Result(info *connect.CallInfo, res *paymentsv1.ChargeResponse, err error) adaptertest.Result {
 	r := adaptertest.Result{Msg: res, Header: httpHeader(info.ResponseHeader()), Trailer: httpHeader(info.ResponseTrailer())}
 	if err != nil {
-		r.Err = &adaptertest.Failure{Code: uint32(connect.CodeOf(err))}
+		r.Err = &adaptertest.RPCError{Code: uint32(connect.CodeOf(err))}
 		if ce, ok := errors.AsType[*connect.Error](err); ok {
 			r.Err.Message = ce.Message()
 			for _, d := range ce.Details() {

@@ -157,7 +157,7 @@ func TestClientInterceptorNeverRetriesHandlerAnswers(t *testing.T) {
 	log := newKeyLog()
 	server := connect.NewServer(log.intercept)
 	paymentsv1connect.RegisterPaymentServiceHandler(server, &service{charge: func(context.Context, *paymentsv1.ChargeRequest, adaptertest.Metadata) (*paymentsv1.ChargeResponse, error) {
-		return nil, &adaptertest.Failure{Code: adaptertest.CodeUnavailable, Message: "down"}
+		return nil, &adaptertest.RPCError{Code: adaptertest.CodeUnavailable, Message: "down"}
 	}})
 	for p, client := range retryingClients(t, server) {
 		before := len(log.all())

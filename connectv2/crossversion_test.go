@@ -38,7 +38,7 @@ func callV1(ctx context.Context, s *v2Server, protocol, key string, msg *payment
 	req.Header().Set(idempotency.DefaultIdempotencyHeader, key)
 	res, err := client.Charge(ctx, req)
 	if err != nil {
-		r := adaptertest.Result{Err: &adaptertest.Failure{Code: uint32(connectv1.CodeOf(err))}, Header: http.Header{}, Trailer: http.Header{}}
+		r := adaptertest.Result{Err: &adaptertest.RPCError{Code: uint32(connectv1.CodeOf(err))}, Header: http.Header{}, Trailer: http.Header{}}
 		if ce, ok := errors.AsType[*connectv1.Error](err); ok {
 			r.Err.Message = ce.Message()
 			r.Header = ce.Meta()
@@ -74,7 +74,7 @@ func TestCrossVersionReplays(t *testing.T) {
 		"response": adaptertest.Charge,
 		"error": func(_ context.Context, _ *paymentsv1.ChargeRequest, md adaptertest.Metadata) (*paymentsv1.ChargeResponse, error) {
 			md.SetHeader("X-Reason", "funds")
-			return nil, &adaptertest.Failure{Code: adaptertest.CodeFailedPrecondition, Message: "insufficient funds", Details: []adaptertest.Detail{detail}}
+			return nil, &adaptertest.RPCError{Code: adaptertest.CodeFailedPrecondition, Message: "insufficient funds", Details: []adaptertest.Detail{detail}}
 		},
 	}
 	for name, h := range handlers {

@@ -38,7 +38,7 @@ const (
 
 // A Handler is the Charge RPC of the payments service in framework-neutral
 // terms: md sets response headers and trailers in the framework's call info.
-// To fail, it returns a [*Failure] (the adapter turns it into its framework's
+// To fail, it returns a [*RPCError] (the adapter turns it into its framework's
 // error) or any other error.
 type Handler func(ctx context.Context, req *paymentsv1.ChargeRequest, md Metadata) (*paymentsv1.ChargeResponse, error)
 
@@ -48,8 +48,8 @@ type Metadata interface {
 	SetTrailer(key string, values ...string)
 }
 
-// A Failure is an RPC error: the handler's, or what a client received.
-type Failure struct {
+// An RPCError is an RPC error: the handler's, or what a client received.
+type RPCError struct {
 	Code    uint32
 	Message string
 	// Details are the error's details, each its full message name and
@@ -63,13 +63,13 @@ type Detail struct {
 	Value []byte
 }
 
-// Error describes the failure.
-func (f *Failure) Error() string { return fmt.Sprintf("code %d: %s", f.Code, f.Message) }
+// Error describes the error.
+func (f *RPCError) Error() string { return fmt.Sprintf("code %d: %s", f.Code, f.Message) }
 
 // A Result is what a client received from one call.
 type Result struct {
 	Msg *paymentsv1.ChargeResponse
-	Err *Failure
+	Err *RPCError
 	// Header and Trailer are the response headers and trailers. A client
 	// that cannot tell them apart on an error (connect-go v1 merges both
 	// into the error's metadata) puts everything in Header.
@@ -219,7 +219,7 @@ var cases = []suiteCase{
 				h, runs := counted(func(_ context.Context, _ *paymentsv1.ChargeRequest, md Metadata) (*paymentsv1.ChargeResponse, error) {
 					md.SetHeader("X-Reason", "funds")
 					md.SetTrailer("X-Audit", "a1")
-					return nil, &Failure{Code: CodeFailedPrecondition, Message: "insufficient funds", Details: []Detail{detail}}
+					return nil, &RPCError{Code: CodeFailedPrecondition, Message: "insufficient funds", Details: []Detail{detail}}
 				})
 				srv := start(t, a, h, memory.New())
 				first := srv.Call(t.Context(), p, []string{"key-err"}, Request("acct"))
@@ -241,7 +241,7 @@ var cases = []suiteCase{
 			t.Run(p, func(t *testing.T) {
 				t.Parallel()
 				h, runs := counted(func(context.Context, *paymentsv1.ChargeRequest, Metadata) (*paymentsv1.ChargeResponse, error) {
-					return nil, &Failure{Code: CodeFailedPrecondition, Message: "caf\xe9 \x00 100%"}
+					return nil, &RPCError{Code: CodeFailedPrecondition, Message: "caf\xe9 \x00 100%"}
 				})
 				srv := start(t, a, h, memory.New())
 				first := srv.Call(t.Context(), p, []string{"key-bytes"}, Request("acct"))
@@ -486,7 +486,7 @@ var cases = []suiteCase{
 	}},
 	{"NotStoredUnavailable", func(t *testing.T, a Adapter) {
 		h, runs := counted(func(context.Context, *paymentsv1.ChargeRequest, Metadata) (*paymentsv1.ChargeResponse, error) {
-			return nil, &Failure{Code: CodeUnavailable, Message: "try later"}
+			return nil, &RPCError{Code: CodeUnavailable, Message: "try later"}
 		})
 		srv := start(t, a, h, memory.New())
 		for range 2 {
