@@ -3,6 +3,7 @@ package connectv2_test
 import (
 	"context"
 	"net/http"
+	"sync/atomic"
 	"testing"
 
 	"connectrpc.com/connect/v2"
@@ -42,4 +43,39 @@ func TestServerInterceptorKeyScope(t *testing.T) {
 	assert.False(t, call("b"), "another tenant's key")
 	assert.True(t, call("a"))
 	assert.Equal(t, 2, runs)
+}
+
+// streams answers WatchCharges with one message.
+type streams struct {
+	service
+	runs atomic.Int64
+}
+
+func (s *streams) WatchCharges(_ context.Context, req *paymentsv1.WatchChargesRequest, stream paymentsv1connect.PaymentServiceWatchChargesServerStream) error {
+	s.runs.Add(1)
+	return stream.Send(&paymentsv1.WatchChargesResponse{Charge: &paymentsv1.ChargeResponse{ChargeId: "ch_" + req.GetAccountId()}})
+}
+
+// TestStreamsPassThrough: streaming calls reach neither the store (it is
+// down here) nor the client's retries, key or not.
+func TestStreamsPassThrough(t *testing.T) {
+	t.Parallel()
+	svc := &streams{}
+	log := newKeyLog()
+	server := connect.NewServer(log.intercept, connectv2.NewServerInterceptor(downStore{}, quiet))
+	paymentsv1connect.RegisterPaymentServiceHandler(server, svc)
+	for p, client := range retryingClients(t, server) {
+		ctx, info := connect.NewClientContext(t.Context())
+		info.RequestHeader().Set(idempotency.DefaultIdempotencyHeader, "stream-key")
+		stream, err := client.WatchCharges(ctx, &paymentsv1.WatchChargesRequest{AccountId: "acct"})
+		require.NoError(t, err, p)
+		msg, err := stream.Receive()
+		require.NoError(t, err, p)
+		assert.Equal(t, "ch_acct", msg.GetCharge().GetChargeId(), p)
+		require.NoError(t, stream.Close())
+	}
+	assert.Equal(t, int64(len(v2Adapter.Protocols)), svc.runs.Load())
+	for _, k := range log.all() {
+		assert.Equal(t, "stream-key", k, "the caller's key, no other")
+	}
 }
