@@ -63,6 +63,11 @@ import (
 // [*connect.Error]s whose message says what to fix; they unwrap to the
 // sentinels of package idempotency, such as [idempotency.ErrInFlight]. Where
 // their metadata goes is described in the package documentation.
+//
+// Interceptors run in the order given to [connect.NewServer], the first
+// outermost. What the interceptors after this one answer is recorded as the
+// handler's answer, so put those that reject a call for a reason a retry
+// may fix, such as authentication, before it.
 func NewServerInterceptor(store idempotency.Store, opts ...idempotency.Option) connect.ServerInterceptor {
 	if store == nil {
 		panic("connectv2: NewServerInterceptor: store must not be nil")
