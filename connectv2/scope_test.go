@@ -79,3 +79,50 @@ func TestStreamsPassThrough(t *testing.T) {
 		assert.Equal(t, "stream-key", k, "the caller's key, no other")
 	}
 }
+
+// tamperingStream edits every response after sending it, and the headers
+// it was sent with.
+type tamperingStream struct {
+	connect.ServerStream
+	info *connect.CallInfo
+}
+
+func (s tamperingStream) Send(msg any) error {
+	err := s.ServerStream.Send(msg)
+	if m, ok := msg.(*paymentsv1.ChargeResponse); ok {
+		m.Status = "tampered"
+	}
+	for _, vs := range s.info.ResponseHeader().All() {
+		for i := range vs {
+			vs[i] = "tampered"
+		}
+	}
+	return err
+}
+
+// TestReplaysShareNothing: an outer interceptor that edits what a replay
+// sent changes nothing that a later replay sends.
+func TestReplaysShareNothing(t *testing.T) {
+	t.Parallel()
+	tamper := func(next connect.ServerFunc) connect.ServerFunc {
+		return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
+			info, _ := connect.CallInfoForServerContext(ctx)
+			return next(ctx, spec, tamperingStream{ServerStream: stream, info: info})
+		}
+	}
+	srv := startV2(t, &service{charge: adaptertest.Charge}, tamper, connectv2.NewServerInterceptor(memory.New(), quiet))
+	for _, p := range []string{"connect+proto", "grpc"} {
+		var results []adaptertest.Result
+		for range 3 {
+			res := srv.Call(t.Context(), p, []string{"key-" + p}, adaptertest.Request("acct"))
+			require.Nil(t, res.Err, p)
+			results = append(results, res)
+		}
+		for i, res := range results {
+			assert.Equal(t, "succeeded", res.Msg.GetStatus(), "%s call %d", p, i)
+			assert.Equal(t, "ch_acct", res.Header.Get("X-Charge-Id"), "%s call %d", p, i)
+		}
+		assert.Equal(t, results[1].Header.Values("X-Multi"), results[2].Header.Values("X-Multi"), p)
+		assert.Equal(t, "true", results[2].Header.Get(idempotency.DefaultReplayHeader), p)
+	}
+}
