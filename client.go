@@ -98,5 +98,5 @@ func retryable(err error) (time.Duration, bool) {
 		// arrived, so the server either never saw it or stored what it did.
 		return 0, !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 	}
-	return RetryableStatus(cerr.Meta().Get(StatusHeader), cerr.Meta().Get("Retry-After"))
+	return RetryHint(cerr.Meta().Get(StatusHeader), cerr.Meta().Get("Retry-After"))
 }

@@ -50,12 +50,12 @@ func (p *RetryPolicy) Delay(attempt int, hint time.Duration) time.Duration {
 	return p.cfg.backoff(attempt, hint)
 }
 
-// RetryableStatus reports whether a call that the server's idempotency
+// RetryHint reports whether a call that the server's idempotency
 // library refused, with the [StatusHeader] value label, may be sent again
 // with its key (in flight, or the store unavailable), and the wait that
 // retryAfter, a Retry-After value in whole seconds, asks for (zero when
 // there is none).
-func RetryableStatus(label, retryAfter string) (time.Duration, bool) {
+func RetryHint(label, retryAfter string) (time.Duration, bool) {
 	switch label {
 	case StatusInFlight, StatusStoreUnavailable:
 		secs, err := strconv.Atoi(retryAfter)

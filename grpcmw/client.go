@@ -83,7 +83,7 @@ func retryable(err error, header, trailer metadata.MD) (hintWait time.Duration, 
 	retryKey := strings.ToLower(retryAfterHeader)
 	for _, md := range []metadata.MD{header, trailer} {
 		if label := first(md, statusKey); label != "" {
-			return idempotency.RetryableStatus(label, first(md, retryKey))
+			return idempotency.RetryHint(label, first(md, retryKey))
 		}
 	}
 	// No header metadata at all: the server never answered.
