@@ -38,6 +38,7 @@ type capture struct {
 	status  int
 	wrote   bool // the final status is set
 	passing bool // writes go to the client; nothing will be stored
+	large   bool // passing because the response is over the size limit
 	done    bool // the handler returned
 	body    bodyReader
 }
@@ -113,6 +114,7 @@ func (c *capture) prepare(n int) (bool, error) {
 		c.buf = getBuffer(&responseBuffers)
 	}
 	if int64(len(*c.buf))+int64(n) > c.m.maxResponse {
+		c.large = true
 		return false, c.pass()
 	}
 	return true, nil
@@ -185,13 +187,13 @@ func (c *capture) Unwrap() http.ResponseWriter { return c.w }
 func (c *capture) finish(r *http.Request, exec *idempotency.Execution) {
 	defer c.end()
 	if c.passing {
-		_ = exec.Release()
+		_ = exec.Skip(passReason(c.large))
 		return
 	}
 	if !c.wrote && r.Context().Err() != nil {
 		// The handler gave up because its request ended; a retry must run
 		// it again.
-		_ = exec.Release()
+		_ = exec.Skip(idempotency.ReasonContextEnded)
 		return
 	}
 	if !c.wrote {
@@ -214,7 +216,7 @@ func (c *capture) finish(r *http.Request, exec *idempotency.Execution) {
 		clear(stored)
 		headerMaps.Put(stored)
 	} else {
-		_ = exec.Release()
+		_ = exec.Skip(idempotency.ReasonNotJSON)
 	}
 	c.w.WriteHeader(c.status)
 	if len(body) > 0 {
@@ -308,4 +310,12 @@ func (m *middleware) storedHeader(dst, h http.Header, body []byte) {
 	if len(body) > 0 && encoded(h) {
 		dst["Content-Encoding"] = h["Content-Encoding"]
 	}
+}
+
+// passReason says why a response that was passed through is not stored.
+func passReason(large bool) string {
+	if large {
+		return idempotency.ReasonTooLarge
+	}
+	return idempotency.ReasonStreamed
 }

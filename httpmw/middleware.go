@@ -89,6 +89,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	key, err := idempotency.ParseKey(values, m.enforceUUID4)
 	if err != nil {
+		m.e.Rejected(r.Context(), routeOf(r), err)
 		m.problems.write(w, err)
 		return
 	}
@@ -110,6 +111,7 @@ func (m *middleware) applies(method string) bool {
 
 func (h *handler) withoutKey(w http.ResponseWriter, r *http.Request) {
 	if h.m.requireKey {
+		h.m.e.Rejected(r.Context(), routeOf(r), idempotency.ErrKeyRequired)
 		h.m.problems.write(w, idempotency.ErrKeyRequired)
 		return
 	}
@@ -123,6 +125,7 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 	// The limit is checked before the store is asked, so that a request
 	// that cannot run never takes a claim.
 	if r.ContentLength > m.maxBody {
+		m.e.Rejected(r.Context(), routeOf(r), idempotency.ErrBodyTooLarge)
 		m.problems.write(w, idempotency.ErrBodyTooLarge)
 		return
 	}
@@ -131,6 +134,7 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 	body, err := readBody((*buf)[:0], r.Body, r.ContentLength, m.maxBody)
 	*buf = body
 	if err != nil {
+		m.e.Rejected(r.Context(), routeOf(r), err)
 		m.readFailed(w, err)
 		return
 	}
@@ -140,6 +144,8 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 		Scope: m.e.ScopeOf(r.Context(), r.Header),
 		Route: r.Method + " " + path,
 		Key:   key,
+		// Metrics name the route by its pattern, never by its path.
+		Pattern: r.Pattern,
 	}
 	if m.fingerprint {
 		var f idempotency.Fingerprinter
@@ -225,7 +231,7 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, exec *idempote
 			// wrote is stored, and the panic goes on once the claim is
 			// released, so that a retry runs the handler again.
 			c.end()
-			_ = exec.Release()
+			_ = exec.Skip(idempotency.ReasonPanic)
 		}
 	}()
 	h.next.ServeHTTP(c, r)
