@@ -265,20 +265,25 @@ type observation struct {
 	decide  time.Duration
 	route   string
 	keyHash string
+	// span is the request's span, looked up once: a lookup in the
+	// detached context of an execution allocates.
+	span trace.Span
 }
 
-// enabled reports whether anything would see a decision made now on ctx.
-func (o *observer) enabled(ctx context.Context) bool {
+// enabled reports whether anything would see a decision made now on ctx,
+// in span.
+func (o *observer) enabled(ctx context.Context, span trace.Span) bool {
 	return o.hook != nil || o.decisions.Enabled(ctx) || o.storeDur.Enabled(ctx) ||
-		o.waitDur.Enabled(ctx) || trace.SpanFromContext(ctx).IsRecording()
+		o.waitDur.Enabled(ctx) || span.IsRecording()
 }
 
 // start begins the observation of a request that reaches [Engine.Begin].
 func (o *observer) start(ctx context.Context, req *Request) observation {
-	if !o.enabled(ctx) {
+	span := trace.SpanFromContext(ctx)
+	if !o.enabled(ctx, span) {
 		return observation{}
 	}
-	return observation{on: true, start: time.Now(), route: metricRoute(req)}
+	return observation{on: true, start: time.Now(), route: metricRoute(req), span: span}
 }
 
 // metricRoute names a request's route without the values in it.
@@ -317,14 +322,20 @@ type storeCall struct {
 // renewal, which belongs to no decision). It returns the context for the
 // call: with a child span when the request's span is recording.
 func (o *observer) startStore(ctx context.Context, op storeOp, ob *observation) (context.Context, storeCall) {
+	var span trace.Span
 	switch {
 	case ob != nil && !ob.on:
 		return ctx, storeCall{}
-	case ob == nil && !o.storeDur.Enabled(ctx) && !trace.SpanFromContext(ctx).IsRecording():
-		return ctx, storeCall{}
+	case ob != nil:
+		span = ob.span
+	default:
+		span = trace.SpanFromContext(ctx)
+		if !o.storeDur.Enabled(ctx) && !span.IsRecording() {
+			return ctx, storeCall{}
+		}
 	}
 	c := storeCall{start: time.Now()}
-	if trace.SpanFromContext(ctx).IsRecording() {
+	if span.IsRecording() {
 		opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal),
 			trace.WithAttributes(attrOperation.String(opNames[op]))}
 		if ob != nil && ob.keyHash != "" {
@@ -434,10 +445,11 @@ func (o *observer) skipped(x *Execution, reason string) {
 
 // rejected reports a request that an adapter refused before Begin.
 func (o *observer) rejected(ctx context.Context, route string, err error) {
-	if !o.enabled(ctx) {
+	span := trace.SpanFromContext(ctx)
+	if !o.enabled(ctx, span) {
 		return
 	}
-	ob := observation{on: true, route: route}
+	ob := observation{on: true, route: route, span: span}
 	o.decided(ctx, &ob, outcomeOf(err), "")
 }
 
@@ -454,7 +466,7 @@ func (o *observer) decided(ctx context.Context, ob *observation, outcome, reason
 	if ob.waited > 0 && o.waitDur.Enabled(ctx) {
 		o.waitDur.Record(ctx, ob.waited.Seconds(), o.waitAttrs(outcome))
 	}
-	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+	if span := ob.span; span.IsRecording() {
 		attrs := make([]attribute.KeyValue, 0, 4)
 		attrs = append(attrs, attrOutcome.String(outcome), attrRoute.String(ob.route))
 		if ob.keyHash != "" {

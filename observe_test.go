@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
@@ -20,6 +23,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idemkey/idempotency"
+	paymentsv1 "github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1"
+	"github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1/paymentsv1connect"
 )
 
 // meterHarness is an OpenTelemetry SDK meter provider with a manual reader.
@@ -514,4 +519,161 @@ func TestObservabilityOptionsRejectNil(t *testing.T) {
 	assert.PanicsWithValue(t, "idempotency: WithTracerProvider: provider must not be nil", func() {
 		idempotency.NewEngine(newMemory(t), idempotency.WithTracerProvider(nil))
 	})
+}
+
+func TestInterceptorCountsEachOutcomeOnce(t *testing.T) {
+	t.Parallel()
+	const route = paymentsv1connect.PaymentServiceChargeProcedure
+	charge := func(t *testing.T, client paymentsv1connect.PaymentServiceClient, key string, amount int64) error {
+		r := chargeRequest(key)
+		r.Msg.AmountCents = amount
+		_, err := client.Charge(t.Context(), r)
+		return err
+	}
+	tests := []struct {
+		name    string
+		store   func(t *testing.T) idempotency.Store
+		opts    []idempotency.Option
+		handler func(context.Context, *connect.Request[paymentsv1.ChargeRequest]) (*connect.Response[paymentsv1.ChargeResponse], error)
+		run     func(t *testing.T, client paymentsv1connect.PaymentServiceClient)
+		want    map[string]int64
+	}{
+		{
+			name: "executed, replayed, mismatch",
+			run: func(t *testing.T, client paymentsv1connect.PaymentServiceClient) {
+				require.NoError(t, charge(t, client, rawKey, 1))
+				require.NoError(t, charge(t, client, rawKey, 1))
+				require.Equal(t, connect.CodeInvalidArgument, connect.CodeOf(charge(t, client, rawKey, 2)))
+			},
+			want: map[string]int64{"executed " + route: 1, "replayed " + route: 1, "mismatch " + route: 1},
+		},
+		{
+			name: "invalid key and key required",
+			opts: []idempotency.Option{idempotency.WithRequireKey(true)},
+			run: func(t *testing.T, client paymentsv1connect.PaymentServiceClient) {
+				require.Equal(t, connect.CodeInvalidArgument, connect.CodeOf(charge(t, client, strings.Repeat("x", 300), 1)))
+				require.Equal(t, connect.CodeInvalidArgument, connect.CodeOf(charge(t, client, "", 1)))
+			},
+			want: map[string]int64{"invalid-key " + route: 1, "key-required " + route: 1},
+		},
+		{
+			name: "store unavailable",
+			store: func(t *testing.T) idempotency.Store {
+				s := newCountingStore(t)
+				s.claim = failingClaim
+				return s
+			},
+			run: func(t *testing.T, client paymentsv1connect.PaymentServiceClient) {
+				require.Equal(t, connect.CodeUnavailable, connect.CodeOf(charge(t, client, rawKey, 1)))
+			},
+			want: map[string]int64{"store-unavailable " + route: 1},
+		},
+		{
+			name: "not stored by the policy",
+			handler: func(context.Context, *connect.Request[paymentsv1.ChargeRequest]) (*connect.Response[paymentsv1.ChargeResponse], error) {
+				return nil, connect.NewError(connect.CodeResourceExhausted, errors.New("slow down"))
+			},
+			run: func(t *testing.T, client paymentsv1connect.PaymentServiceClient) {
+				require.Equal(t, connect.CodeResourceExhausted, connect.CodeOf(charge(t, client, rawKey, 1)))
+			},
+			want: map[string]int64{"not-stored " + route + " policy": 1},
+		},
+		{
+			name:  "lease lost",
+			store: func(t *testing.T) idempotency.Store { return notHeldStore{newMemory(t)} },
+			run: func(t *testing.T, client paymentsv1connect.PaymentServiceClient) {
+				require.NoError(t, charge(t, client, rawKey, 1))
+			},
+			want: map[string]int64{"lease-lost " + route: 1},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			meters := newMeterHarness(t)
+			var log decisionLog
+			var store idempotency.Store = newMemory(t)
+			if tt.store != nil {
+				store = tt.store(t)
+			}
+			svc := &paymentServer{charge: chargeHandler}
+			if tt.handler != nil {
+				svc.charge = tt.handler
+			}
+			opts := append([]idempotency.Option{meters.option, idempotency.WithObserver(log.observe)}, tt.opts...)
+			client := guarded(t, svc, store, opts...)()
+
+			tt.run(t, client)
+
+			assert.Equal(t, tt.want, meters.decisions(t), "the counter")
+			assert.Equal(t, tt.want, log.series(), "the observer")
+			meters.requireNoKey(t, rawKey)
+		})
+	}
+}
+
+func TestInterceptorCountsInFlight(t *testing.T) {
+	t.Parallel()
+	const route = paymentsv1connect.PaymentServiceChargeProcedure
+	meters := newMeterHarness(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	svc := &paymentServer{charge: func(ctx context.Context, r *connect.Request[paymentsv1.ChargeRequest]) (*connect.Response[paymentsv1.ChargeResponse], error) {
+		close(entered)
+		<-release
+		return chargeHandler(ctx, r)
+	}}
+	client := guarded(t, svc, newMemory(t), meters.option)()
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := client.Charge(t.Context(), chargeRequest(rawKey))
+		first <- err
+	}()
+	<-entered
+	_, err := client.Charge(t.Context(), chargeRequest(rawKey))
+	require.Equal(t, connect.CodeAborted, connect.CodeOf(err))
+	close(release)
+	require.NoError(t, <-first)
+
+	assert.Equal(t, map[string]int64{"in-flight " + route: 1, "executed " + route: 1}, meters.decisions(t))
+}
+
+// tracedServer starts the payment service behind the interceptor, inside
+// a server span that a handler outside starts for each request, as otelhttp
+// or otelconnect would.
+func tracedServer(t *testing.T, provider trace.TracerProvider, svc *paymentServer, opts ...idempotency.Option) paymentsv1connect.PaymentServiceClient {
+	t.Helper()
+	mux := http.NewServeMux()
+	opts = append([]idempotency.Option{quiet}, opts...)
+	mux.Handle(paymentsv1connect.NewPaymentServiceHandler(svc, connect.WithInterceptors(idempotency.NewInterceptor(newMemory(t), opts...))))
+	tracer := provider.Tracer("test")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, span := tracer.Start(r.Context(), "server "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer))
+		defer span.End()
+		mux.ServeHTTP(w, r.WithContext(ctx))
+	}))
+	t.Cleanup(srv.Close)
+	return paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL)
+}
+
+func TestInterceptorReplayShowsOnTheServerSpan(t *testing.T) {
+	t.Parallel()
+	recorder, provider := tracing(t)
+	client := tracedServer(t, provider, &paymentServer{charge: chargeHandler}, idempotency.WithTracerProvider(provider))
+
+	_, err := client.Charge(t.Context(), chargeRequest(rawKey))
+	require.NoError(t, err)
+	res, err := client.Charge(t.Context(), chargeRequest(rawKey))
+	require.NoError(t, err)
+	require.Equal(t, "true", res.Header().Get(idempotency.DefaultReplayHeader))
+
+	var outcomes []string
+	for _, s := range recorder.Ended() {
+		if s.SpanKind() == trace.SpanKindServer {
+			outcomes = append(outcomes, spanAttr(s, "idempotency.outcome"))
+			assert.Len(t, decisionEvents(s), 1, "one decision event per request")
+		}
+	}
+	assert.ElementsMatch(t, []string{"executed", "replayed"}, outcomes)
+	requireNoKeyInSpans(t, recorder.Ended(), rawKey)
 }
