@@ -190,12 +190,13 @@ type observer struct {
 	waitDur   metric.Float64Histogram
 
 	// storeAttrs are the attribute sets of store calls, by operation and
-	// result, built once.
-	storeAttrs [numOps][numCallResults]metric.RecordOption
+	// result, built once. The options are kept as the slices the
+	// instruments take, so that recording builds none.
+	storeAttrs [numOps][numCallResults][]metric.RecordOption
 
 	mu       sync.RWMutex
-	counted  map[decisionKey]metric.AddOption
-	waitOpts map[string]metric.RecordOption
+	counted  map[decisionKey][]metric.AddOption
+	waitOpts map[string][]metric.RecordOption
 }
 
 // decisionKey names one series of the decisions counter.
@@ -209,8 +210,8 @@ const maxSeries = 2048
 func newObserver(c obsConfig, logger *slog.Logger) *observer {
 	o := &observer{
 		hook:     c.hook,
-		counted:  make(map[decisionKey]metric.AddOption),
-		waitOpts: make(map[string]metric.RecordOption),
+		counted:  make(map[decisionKey][]metric.AddOption),
+		waitOpts: make(map[string][]metric.RecordOption),
 	}
 	tracers := c.tracers
 	if tracers == nil {
@@ -245,9 +246,9 @@ func newObserver(c obsConfig, logger *slog.Logger) *observer {
 	}
 	for op := range numOps {
 		name := attrOperation.String(opNames[op])
-		o.storeAttrs[op][callOK] = metric.WithAttributeSet(attribute.NewSet(name))
-		o.storeAttrs[op][callTimeout] = metric.WithAttributeSet(attribute.NewSet(name, attrErrorType.String("timeout")))
-		o.storeAttrs[op][callFailed] = metric.WithAttributeSet(attribute.NewSet(name, attrErrorType.String("_OTHER")))
+		o.storeAttrs[op][callOK] = recordOptions(name)
+		o.storeAttrs[op][callTimeout] = recordOptions(name, attrErrorType.String("timeout"))
+		o.storeAttrs[op][callFailed] = recordOptions(name, attrErrorType.String("_OTHER"))
 	}
 	return o
 }
@@ -364,7 +365,7 @@ func (o *observer) endStore(ctx context.Context, c storeCall, op storeOp, ob *ob
 		result = callFailed
 	}
 	if o.storeDur.Enabled(ctx) {
-		o.storeDur.Record(ctx, d.Seconds(), o.storeAttrs[op][result])
+		o.storeDur.Record(ctx, d.Seconds(), o.storeAttrs[op][result]...)
 	}
 	if c.span != nil {
 		switch {
@@ -461,10 +462,10 @@ func (o *observer) decided(ctx context.Context, ob *observation, outcome, reason
 		elapsed = time.Since(ob.start)
 	}
 	if o.decisions.Enabled(ctx) {
-		o.decisions.Add(ctx, 1, o.decisionAttrs(ob.route, outcome, reason))
+		o.decisions.Add(ctx, 1, o.decisionAttrs(ob.route, outcome, reason)...)
 	}
 	if ob.waited > 0 && o.waitDur.Enabled(ctx) {
-		o.waitDur.Record(ctx, ob.waited.Seconds(), o.waitAttrs(outcome))
+		o.waitDur.Record(ctx, ob.waited.Seconds(), o.waitAttrs(outcome)...)
 	}
 	if span := ob.span; span.IsRecording() {
 		attrs := make([]attribute.KeyValue, 0, 4)
@@ -497,7 +498,7 @@ func (o *observer) decided(ctx context.Context, ob *observation, outcome, reason
 
 // decisionAttrs returns the attributes of one series of the decisions
 // counter, built once per series.
-func (o *observer) decisionAttrs(route, outcome, reason string) metric.AddOption {
+func (o *observer) decisionAttrs(route, outcome, reason string) []metric.AddOption {
 	k := decisionKey{route, outcome, reason}
 	o.mu.RLock()
 	opt, ok := o.counted[k]
@@ -519,7 +520,7 @@ func (o *observer) decisionAttrs(route, outcome, reason string) metric.AddOption
 	if reason != "" {
 		attrs = append(attrs, attrReason.String(reason))
 	}
-	opt = metric.WithAttributeSet(attribute.NewSet(attrs...))
+	opt = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attrs...))}
 	o.mu.Lock()
 	if len(o.counted) < maxSeries || k.route == "_OTHER" {
 		o.counted[k] = opt
@@ -529,18 +530,22 @@ func (o *observer) decisionAttrs(route, outcome, reason string) metric.AddOption
 }
 
 // waitAttrs returns the attributes of the wait histogram for outcome.
-func (o *observer) waitAttrs(outcome string) metric.RecordOption {
+func (o *observer) waitAttrs(outcome string) []metric.RecordOption {
 	o.mu.RLock()
 	opt, ok := o.waitOpts[outcome]
 	o.mu.RUnlock()
 	if ok {
 		return opt
 	}
-	opt = metric.WithAttributeSet(attribute.NewSet(attrOutcome.String(outcome)))
+	opt = recordOptions(attrOutcome.String(outcome))
 	o.mu.Lock()
 	if len(o.waitOpts) < maxSeries {
 		o.waitOpts[outcome] = opt
 	}
 	o.mu.Unlock()
 	return opt
+}
+
+func recordOptions(attrs ...attribute.KeyValue) []metric.RecordOption {
+	return []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attrs...))}
 }

@@ -103,3 +103,37 @@ func TestDecisionSeriesAreBounded(t *testing.T) {
 	_, ok := o.counted[decisionKey{"_OTHER", OutcomeExecuted, ""}]
 	assert.True(t, ok, "routes past the bound share one series")
 }
+
+// BenchmarkObservingOff compares, with nothing configured, the engine's
+// path through Begin (and Complete) with the same path with observing
+// bypassed, on a store that costs nothing: what remains is the check
+// whether anything listens.
+func BenchmarkObservingOff(b *testing.B) {
+	rec := &Record{Status: 201, Header: http.Header{"Content-Type": {"application/json"}}, Body: []byte(`{}`)}
+	stored := appendRecord(nil, rec)
+	r := Request{Route: "POST /charges/ch_1", Pattern: "POST /charges/{id}", Key: "k"}
+	replays := NewEngine(&answerStore{ClaimResult{State: StateCompleted, Record: stored}})
+	runs := NewEngine(&answerStore{ClaimResult{State: StateClaimed}})
+	b.Run("replay/bypassed", func(b *testing.B) {
+		for b.Loop() {
+			_, _, _ = replays.begin(b.Context(), r, &observation{})
+		}
+	})
+	b.Run("replay/observed", func(b *testing.B) {
+		for b.Loop() {
+			_, _, _ = replays.Begin(b.Context(), r)
+		}
+	})
+	b.Run("first/bypassed", func(b *testing.B) {
+		for b.Loop() {
+			x, _, _ := runs.begin(b.Context(), r, &observation{})
+			_ = x.Complete(rec)
+		}
+	})
+	b.Run("first/observed", func(b *testing.B) {
+		for b.Loop() {
+			x, _, _ := runs.Begin(b.Context(), r)
+			_ = x.Complete(rec)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"github.com/idemkey/idempotency"
 	paymentsv1 "github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1"
 	"github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1/paymentsv1connect"
+	"github.com/idemkey/idempotency/store/memory"
 )
 
 // meterHarness is an OpenTelemetry SDK meter provider with a manual reader.
@@ -676,4 +678,83 @@ func TestInterceptorReplayShowsOnTheServerSpan(t *testing.T) {
 	}
 	assert.ElementsMatch(t, []string{"executed", "replayed"}, outcomes)
 	requireNoKeyInSpans(t, recorder.Ended(), rawKey)
+}
+
+// BenchmarkObserve measures what observing costs on the engine's path, on
+// the memory store, for a first request (claim and store) and a replay:
+// with nothing configured, with an observer, with the OpenTelemetry SDK's
+// metrics (a manual reader), and with its metrics and traces (every span
+// sampled, none exported) under a server span that the benchmark starts;
+// span-only is that server span alone, to subtract.
+func BenchmarkObserve(b *testing.B) {
+	reader := sdkmetric.NewManualReader()
+	meters := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	tracers := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	b.Cleanup(func() {
+		_ = meters.Shutdown(context.Background())
+		_ = tracers.Shutdown(context.Background())
+	})
+	server := tracers.Tracer("bench")
+	variants := []struct {
+		name  string
+		opts  []idempotency.Option
+		trace bool
+	}{
+		{name: "off"},
+		{name: "observer", opts: []idempotency.Option{idempotency.WithObserver(func(context.Context, idempotency.Decision) {})}},
+		{name: "metrics", opts: []idempotency.Option{idempotency.WithMeterProvider(meters)}},
+		{name: "metrics+traces", opts: []idempotency.Option{idempotency.WithMeterProvider(meters), idempotency.WithTracerProvider(tracers)}, trace: true},
+	}
+	rec := jsonRecord(`{"id":1}`)
+	b.Run("span-only", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_, span := server.Start(b.Context(), "POST /charges", trace.WithSpanKind(trace.SpanKindServer))
+			span.End()
+		}
+	})
+	for _, v := range variants {
+		request := func(b *testing.B, e *idempotency.Engine, r idempotency.Request) {
+			ctx := b.Context()
+			var span trace.Span
+			if v.trace {
+				ctx, span = server.Start(ctx, "POST /charges", trace.WithSpanKind(trace.SpanKindServer))
+			}
+			x, _, err := e.Begin(ctx, r)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if x != nil {
+				if err := x.Complete(rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if span != nil {
+				span.End()
+			}
+		}
+		b.Run("first/"+v.name, func(b *testing.B) {
+			e := idempotency.NewEngine(newMemoryB(b), append([]idempotency.Option{quiet}, v.opts...)...)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				request(b, e, req("k"+strconv.Itoa(i), "a"))
+			}
+		})
+		b.Run("replay/"+v.name, func(b *testing.B) {
+			e := idempotency.NewEngine(newMemoryB(b), append([]idempotency.Option{quiet}, v.opts...)...)
+			request(b, e, req("k", "a"))
+			b.ReportAllocs()
+			for b.Loop() {
+				request(b, e, req("k", "a"))
+			}
+		})
+	}
+}
+
+func newMemoryB(b *testing.B) *memory.Store {
+	s := memory.New()
+	b.Cleanup(func() { _ = s.Close() })
+	return s
 }
