@@ -266,9 +266,11 @@ type observation struct {
 	decide  time.Duration
 	route   string
 	keyHash string
-	// span is the request's span, looked up once: a lookup in the
-	// detached context of an execution allocates.
+	// span is the request's span, looked up once, and ctx the request's
+	// own context, for the metrics: a lookup in the detached context of an
+	// execution allocates, and the SDK's exemplar filter makes one.
 	span trace.Span
+	ctx  context.Context
 }
 
 // enabled reports whether anything would see a decision made now on ctx,
@@ -284,7 +286,7 @@ func (o *observer) start(ctx context.Context, req *Request) observation {
 	if !o.enabled(ctx, span) {
 		return observation{}
 	}
-	return observation{on: true, start: time.Now(), route: metricRoute(req), span: span}
+	return observation{on: true, start: time.Now(), route: metricRoute(req), span: span, ctx: ctx}
 }
 
 // metricRoute names a request's route without the values in it.
@@ -363,6 +365,9 @@ func (o *observer) endStore(ctx context.Context, c storeCall, op storeOp, ob *ob
 		result = callTimeout
 	default:
 		result = callFailed
+	}
+	if ob != nil && ob.ctx != nil {
+		ctx = ob.ctx
 	}
 	if o.storeDur.Enabled(ctx) {
 		o.storeDur.Record(ctx, d.Seconds(), o.storeAttrs[op][result]...)
@@ -461,11 +466,15 @@ func (o *observer) decided(ctx context.Context, ob *observation, outcome, reason
 	if !ob.start.IsZero() {
 		elapsed = time.Since(ob.start)
 	}
-	if o.decisions.Enabled(ctx) {
-		o.decisions.Add(ctx, 1, o.decisionAttrs(ob.route, outcome, reason)...)
+	mctx := ctx
+	if ob.ctx != nil {
+		mctx = ob.ctx
 	}
-	if ob.waited > 0 && o.waitDur.Enabled(ctx) {
-		o.waitDur.Record(ctx, ob.waited.Seconds(), o.waitAttrs(outcome)...)
+	if o.decisions.Enabled(mctx) {
+		o.decisions.Add(mctx, 1, o.decisionAttrs(ob.route, outcome, reason)...)
+	}
+	if ob.waited > 0 && o.waitDur.Enabled(mctx) {
+		o.waitDur.Record(mctx, ob.waited.Seconds(), o.waitAttrs(outcome)...)
 	}
 	if span := ob.span; span.IsRecording() {
 		attrs := make([]attribute.KeyValue, 0, 4)
