@@ -398,6 +398,11 @@ func (o *observer) begun(ctx context.Context, ob *observation, x *Execution, rec
 		o.decided(ctx, ob, outcomeOf(err), "")
 	case !x.Protected():
 		o.decided(ctx, ob, OutcomeFailOpen, "")
+	case ob.span.IsRecording():
+		// The outcome comes when the execution ends; the span shows
+		// meanwhile when the handler started under the claim.
+		ob.span.AddEvent("idempotency.claimed", trace.WithAttributes(
+			attrRoute.String(ob.route), attrKeyHash.String(ob.keyHash)))
 	}
 }
 
