@@ -37,6 +37,8 @@ type Engine struct {
 	skipped logLimiter
 	// retryAfter is the in-flight hint, rendered once.
 	retryAfter string
+	// obs reports decisions to metrics, traces and the observer hook.
+	obs *observer
 }
 
 // NewEngine returns an engine over store. It panics if store is nil or an
@@ -47,6 +49,7 @@ func NewEngine(store Store, opts ...Option) *Engine {
 	}
 	e := &Engine{store: store, cfg: newConfig(opts)}
 	e.retryAfter = e.Settings().RetryAfterSeconds()
+	e.obs = newObserver(e.cfg.obs, e.cfg.logger)
 	e.renewals = newRenewals(e.cfg.lease / 3)
 	e.waiter, _ = store.(Waiter)
 	e.binder, _ = store.(TxBinder)
@@ -170,6 +173,12 @@ type Request struct {
 	Key string
 	// Fingerprint identifies the payload; zero when fingerprinting is off.
 	Fingerprint Fingerprint
+	// Pattern names the route without the values in it, for metrics and
+	// traces: the pattern that matched an HTTP request ("POST
+	// /orders/{id}", [http.Request.Pattern]), or a gateway's. Without one,
+	// they name the route by Route up to its first space: the method for
+	// HTTP, the whole procedure for RPC. It never enters the storage key.
+	Pattern string
 }
 
 // Begin claims the request's key. It returns exactly one of:
@@ -184,7 +193,21 @@ type Request struct {
 // With [WithFailOpen], a store failure yields an unprotected Execution
 // instead of an error.
 func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, error) {
+	ob := e.obs.start(ctx, &req)
+	x, rec, err := e.begin(ctx, req, &ob)
+	e.obs.begun(ctx, &ob, x, rec, err)
+	if x != nil {
+		x.obs = ob
+	}
+	return x, rec, err
+}
+
+// begin is Begin without observing; ob notes what it did.
+func (e *Engine) begin(ctx context.Context, req Request, ob *observation) (*Execution, *Record, error) {
 	key := storageKey(req.Scope, req.Route, req.Key)
+	if ob.on {
+		ob.keyHash = keyHash(key)
+	}
 	token := newToken()
 	var deadline time.Time
 	if e.cfg.wait > 0 {
@@ -192,7 +215,7 @@ func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, e
 	}
 	poll := 10 * time.Millisecond
 	for {
-		res, err := e.claim(ctx, key, token)
+		res, err := e.claim(ctx, key, token, ob)
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
 				// The request ended while claiming: not an outage, and never
@@ -227,7 +250,7 @@ func (e *Engine) Begin(ctx context.Context, req Request) (*Execution, *Record, e
 			if deadline.IsZero() || !time.Now().Before(deadline) {
 				return nil, nil, ErrInFlight
 			}
-			if err := e.wait(ctx, key, deadline, &poll); err != nil {
+			if err := e.wait(ctx, key, deadline, &poll, ob); err != nil {
 				return nil, nil, fmt.Errorf("%w: %w", ErrInFlight, err)
 			}
 		default:
@@ -250,10 +273,13 @@ func (e *Engine) decode(key string, raw []byte) (*Record, error) {
 	return rec, nil
 }
 
-func (e *Engine) claim(ctx context.Context, key, token string) (ClaimResult, error) {
+func (e *Engine) claim(ctx context.Context, key, token string, ob *observation) (ClaimResult, error) {
 	ctx, cancel := e.storeContext(ctx)
 	defer cancel()
-	return e.store.Claim(ctx, key, token, e.cfg.lease)
+	ctx, call := e.obs.startStore(ctx, opClaim, ob)
+	res, err := e.store.Claim(ctx, key, token, e.cfg.lease)
+	e.obs.endStore(ctx, call, opClaim, ob, err)
+	return res, err
 }
 
 // storeContext bounds one store call by the store timeout.
@@ -267,11 +293,14 @@ func (e *Engine) storeContext(ctx context.Context) (context.Context, context.Can
 // wait blocks until the in-flight claim on key may have ended, the deadline
 // passes (nil: the caller looks once more and gives up), or ctx ends (its
 // error).
-func (e *Engine) wait(ctx context.Context, key string, deadline time.Time, poll *time.Duration) error {
+func (e *Engine) wait(ctx context.Context, key string, deadline time.Time, poll *time.Duration, ob *observation) error {
+	defer ob.waitedSince(ob.now())
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if e.waiter != nil {
-		err := e.waiter.Wait(wctx, key)
+		sctx, call := e.obs.startStore(wctx, opWait, ob)
+		err := e.waiter.Wait(sctx, key)
+		e.obs.endStore(sctx, call, opWait, ob, err)
 		if err != nil && ctx.Err() == nil && wctx.Err() == nil {
 			// The store could not wait; fall back to polling once.
 			e.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "idempotency: waiting failed; polling",
@@ -323,6 +352,8 @@ type Execution struct {
 	fp    Fingerprint
 	ctx   context.Context
 	tx    TxCompleter // the handler's transaction, under a TxBinder; see tx.go
+	// obs is what observability noted about the request.
+	obs observation
 
 	// Its place in the engine's renewal queue, guarded by the queue's lock.
 	prev, next *Execution
@@ -371,7 +402,9 @@ func (x *Execution) renew() {
 	// than that on a slow store would let the lease run out meanwhile.
 	start := r.now()
 	ctx, cancel := context.WithTimeout(x.ctx, min(x.e.cfg.storeTimeout, r.interval))
+	ctx, call := x.e.obs.startStore(ctx, opRenew, nil)
 	err := x.e.store.Renew(ctx, x.key, x.token, x.e.cfg.lease)
+	x.e.obs.endStore(ctx, call, opRenew, nil, err)
 	cancel()
 
 	x.mu.Lock()
@@ -444,12 +477,23 @@ func (x *Execution) Complete(rec *Record) error {
 
 	ctx, cancel := x.e.storeContext(x.ctx)
 	defer cancel()
+	ctx, call := x.e.obs.startStore(ctx, opComplete, &x.obs)
+	var (
+		err   error
+		began bool
+	)
 	if x.tx != nil {
-		if began, err := x.completeTx(ctx, *buf); began {
-			return err
-		}
+		began, err = x.completeTx(ctx, *buf)
 	}
-	err := x.e.store.Complete(ctx, x.key, x.token, *buf, cfg.expiry)
+	if !began {
+		err = x.e.store.Complete(ctx, x.key, x.token, *buf, cfg.expiry)
+	}
+	x.e.obs.endStore(ctx, call, opComplete, &x.obs, err)
+	defer x.e.obs.ended(x, err)
+	if began {
+		// completeTx logged what went wrong and rolled back.
+		return err
+	}
 	switch {
 	case err == nil:
 		return nil
@@ -475,6 +519,7 @@ func (x *Execution) Release() error {
 	if !x.end() {
 		return nil
 	}
+	defer x.e.obs.skipped(x, reasonReleased)
 	return x.release()
 }
 
@@ -498,6 +543,7 @@ func (x *Execution) skip(reason string) error {
 			slog.String("reason", reason), slog.String("route", x.route),
 			slog.String("key_hash", keyHash(x.key)), slog.Int("left_out_before", n))
 	}
+	defer x.e.obs.skipped(x, reason)
 	return x.release()
 }
 
@@ -507,7 +553,9 @@ func (x *Execution) release() error {
 	if x.tx != nil {
 		x.rollbackTx(ctx)
 	}
+	ctx, call := x.e.obs.startStore(ctx, opRelease, &x.obs)
 	err := x.e.store.Release(ctx, x.key, x.token)
+	x.e.obs.endStore(ctx, call, opRelease, &x.obs, err)
 	if err != nil && !errors.Is(err, ErrNotHeld) {
 		x.e.cfg.logger.LogAttrs(ctx, slog.LevelError, "idempotency: releasing the claim failed",
 			slog.String("key_hash", keyHash(x.key)), slog.Any("error", err))
@@ -530,5 +578,9 @@ func putBuffer(b *[]byte) {
 // [Engine.Begin] (a key that is invalid, or missing under
 // [WithRequireKey]; a request it cannot fingerprint), so that it is
 // observed like the engine's own decisions. err is what the adapter
-// answered with.
-func (e *Engine) Rejected(ctx context.Context, route string, err error) {}
+// answered with. route names the route as metrics do (see
+// [Request.Pattern]): the procedure for RPC; for HTTP, the pattern that
+// matched, or the method; never a path with values in it.
+func (e *Engine) Rejected(ctx context.Context, route string, err error) {
+	e.obs.rejected(ctx, route, err)
+}

@@ -148,6 +148,7 @@ func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next co
 	}
 	if i.cfg.fingerprint {
 		if r.Fingerprint, err = FingerprintMessage(procedure, msg); err != nil {
+			i.engine.Rejected(ctx, procedure, err)
 			return nil, connect.NewError(connect.CodeInvalidArgument, err)
 		}
 	}

@@ -60,6 +60,7 @@ type config struct {
 	fingerprint   bool
 	procedures    func(connect.Spec) bool
 	procFilter    func(string) bool
+	obs           obsConfig
 
 	maxRetries     int
 	backoffInitial time.Duration

@@ -89,6 +89,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	key, err := idempotency.ParseKey(values, m.enforceUUID4)
 	if err != nil {
+		m.e.Rejected(r.Context(), routeOf(r), err)
 		m.fail(w, r, err)
 		return
 	}
@@ -110,6 +111,7 @@ func (m *middleware) applies(method string) bool {
 
 func (h *handler) withoutKey(w http.ResponseWriter, r *http.Request) {
 	if h.m.requireKey {
+		h.m.e.Rejected(r.Context(), routeOf(r), idempotency.ErrKeyRequired)
 		h.m.fail(w, r, idempotency.ErrKeyRequired)
 		return
 	}
@@ -128,6 +130,7 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 		// The limit is checked before the store is asked, so that a
 		// request that cannot run never takes a claim.
 		if r.ContentLength > m.maxBody {
+			m.e.Rejected(r.Context(), routeOf(r), idempotency.ErrBodyTooLarge)
 			m.fail(w, r, idempotency.ErrBodyTooLarge)
 			return
 		}
@@ -137,6 +140,7 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 		body, err = readBody((*buf)[:0], r.Body, r.ContentLength, m.maxBody)
 		*buf = body
 		if err != nil {
+			m.e.Rejected(r.Context(), routeOf(r), err)
 			m.readFailed(w, r, err)
 			return
 		}
@@ -145,8 +149,9 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 	path := r.URL.EscapedPath()
 	req := idempotency.Request{
 		Scope: m.e.ScopeOf(r.Context(), r.Header),
-		Route: r.Method + " " + path,
-		Key:   key,
+		Route:   r.Method + " " + path,
+		Pattern: r.Pattern,
+		Key:     key,
 	}
 	if m.fingerprint {
 		var f idempotency.Fingerprinter
