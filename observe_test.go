@@ -124,7 +124,7 @@ func (h *meterHarness) requireNoKey(t *testing.T, key string) {
 			}
 			for _, set := range sets {
 				for _, kv := range set.ToSlice() {
-					require.NotContains(t, kv.Value.Emit(), key, "metric %s, attribute %s", m.Name, kv.Key)
+					require.NotContains(t, kv.Value.String(), key, "metric %s, attribute %s", m.Name, kv.Key)
 				}
 			}
 		}
@@ -430,7 +430,7 @@ func requireNoKeyInSpans(t *testing.T, spans []sdktrace.ReadOnlySpan, key string
 			attrs = append(attrs, ev.Attributes...)
 		}
 		for _, kv := range attrs {
-			require.NotContains(t, kv.Value.Emit(), key, "span %s, attribute %s", s.Name(), kv.Key)
+			require.NotContains(t, kv.Value.String(), key, "span %s, attribute %s", s.Name(), kv.Key)
 		}
 	}
 }
@@ -454,7 +454,7 @@ func decisionEvents(span sdktrace.ReadOnlySpan) []string {
 func spanAttr(span sdktrace.ReadOnlySpan, key attribute.Key) string {
 	for _, kv := range span.Attributes() {
 		if kv.Key == key {
-			return kv.Value.Emit()
+			return kv.Value.String()
 		}
 	}
 	return ""

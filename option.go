@@ -394,7 +394,7 @@ type StorePolicy func(Outcome) bool
 // StoreAll stores every completed response, whatever its status or code.
 func StoreAll(Outcome) bool { return true }
 
-// StoreProcessed, the default policy, stores every completed response
+// StoreProcessed is the default policy: it stores every completed response
 // (errors and 500 included, as Stripe does) except the answers that by
 // their definition mean "not processed, try again later": 429 Too Many
 // Requests and 503 Service Unavailable, and for the RPC adapters

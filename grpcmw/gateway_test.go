@@ -60,7 +60,7 @@ func countingCharges(calls *atomic.Int64) *chargeServer {
 	}}
 }
 
-func TestGatewayReplay(t *testing.T) {
+func TestGatewayReplay(t *testing.T) { //nolint:tparallel // the subtests share one key and run in order
 	t.Parallel()
 	var calls atomic.Int64
 	url := startGateway(t, startGRPC(t, countingCharges(&calls), memory.New()))

@@ -133,7 +133,7 @@ func TestReplayError(t *testing.T) {
 	}
 }
 
-func TestLibraryErrors(t *testing.T) {
+func TestLibraryErrors(t *testing.T) { //nolint:tparallel // the subtests share one claim and run in order
 	t.Parallel()
 	started, release := make(chan struct{}), make(chan struct{})
 	srv := &chargeServer{create: func(_ context.Context, req *gatewayv1.CreateChargeRequest) (*gatewayv1.CreateChargeResponse, error) {

@@ -148,7 +148,7 @@ func (h *handler) guard(w http.ResponseWriter, r *http.Request, key string) {
 
 	path := r.URL.EscapedPath()
 	req := idempotency.Request{
-		Scope: m.e.ScopeOf(r.Context(), r.Header),
+		Scope:   m.e.ScopeOf(r.Context(), r.Header),
 		Route:   r.Method + " " + path,
 		Pattern: r.Pattern,
 		Key:     key,

@@ -124,7 +124,7 @@ func TestRPCErrors(t *testing.T) {
 
 			client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, p.opts...)
 			_, err = charge(t.Context(), client, "mismatch-key", 200)
-			requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusMismatch, "different request")
+			_ = requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusMismatch, "different request")
 			assert.Equal(t, int32(1), svc.chargeRuns.Load())
 		})
 		t.Run(p.name+"/in flight", func(t *testing.T) {
@@ -155,7 +155,7 @@ func TestRPCErrors(t *testing.T) {
 			srv, _ := startRPC(t, svc, newSpy())
 			client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, p.opts...)
 			_, err := charge(t.Context(), client, strings.Repeat("k", 256), 100)
-			requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusInvalidKey, "Idempotency-Key header is invalid")
+			_ = requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusInvalidKey, "Idempotency-Key header is invalid")
 			assert.Zero(t, svc.chargeRuns.Load())
 		})
 		t.Run(p.name+"/key required", func(t *testing.T) {
@@ -164,7 +164,7 @@ func TestRPCErrors(t *testing.T) {
 			srv, _ := startRPC(t, svc, newSpy(), idempotency.WithRequireKey(true))
 			client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, p.opts...)
 			_, err := charge(t.Context(), client, "", 100)
-			requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusInvalidKey, "needs an idempotency key")
+			_ = requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusInvalidKey, "needs an idempotency key")
 			assert.Zero(t, svc.chargeRuns.Load())
 		})
 		t.Run(p.name+"/store unavailable", func(t *testing.T) {
@@ -173,7 +173,7 @@ func TestRPCErrors(t *testing.T) {
 			srv, _ := startRPC(t, svc, &failingStore{})
 			client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, p.opts...)
 			_, err := charge(t.Context(), client, "down-key", 100)
-			requireLibraryError(t, err, connect.CodeUnavailable, idempotency.StatusStoreUnavailable, "store cannot be reached")
+			_ = requireLibraryError(t, err, connect.CodeUnavailable, idempotency.StatusStoreUnavailable, "store cannot be reached")
 			assert.Zero(t, svc.chargeRuns.Load())
 		})
 	}
@@ -192,7 +192,7 @@ func TestRPCErrorsDriveClientRetries(t *testing.T) {
 			srv, requests := startRPC(t, &paymentServer{charge: charged}, &failingStore{})
 			client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, append(p.opts, retrying)...)
 			_, err := charge(t.Context(), client, "down-key", 100)
-			requireLibraryError(t, err, connect.CodeUnavailable, idempotency.StatusStoreUnavailable, "")
+			_ = requireLibraryError(t, err, connect.CodeUnavailable, idempotency.StatusStoreUnavailable, "")
 			assert.Equal(t, int32(3), requests.Load(), "the first try and two retries")
 		})
 		t.Run(p.name+"/in flight", func(t *testing.T) {
@@ -213,7 +213,7 @@ func TestRPCErrorsDriveClientRetries(t *testing.T) {
 			<-started
 			client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, append(p.opts, retrying)...)
 			_, err := charge(t.Context(), client, "busy-key", 100)
-			requireLibraryError(t, err, connect.CodeAborted, idempotency.StatusInFlight, "")
+			_ = requireLibraryError(t, err, connect.CodeAborted, idempotency.StatusInFlight, "")
 			assert.Equal(t, int32(1+3), requests.Load(), "the first request, then a try and two retries")
 			close(release)
 			require.NoError(t, <-errc)
@@ -226,7 +226,7 @@ func TestRPCErrorsDriveClientRetries(t *testing.T) {
 			require.NoError(t, err)
 			client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, append(p.opts, retrying)...)
 			_, err = charge(t.Context(), client, "mismatch-key", 200)
-			requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusMismatch, "")
+			_ = requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusMismatch, "")
 			assert.Equal(t, int32(2), requests.Load(), "no retry")
 		})
 	}
@@ -369,7 +369,7 @@ func TestRPCStreamIsNotReadAhead(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "application/grpc")
 		_, _ = w.Write(first)
-		http.NewResponseController(w).Flush() //nolint:errcheck // the client's read tells
+		_ = http.NewResponseController(w).Flush() // the client's read tells
 		_, _ = io.Copy(io.Discard, r.Body)
 	}), quiet))
 	srv.EnableHTTP2 = true
@@ -410,7 +410,7 @@ func TestRPCStreamNeverGetsARecord(t *testing.T) {
 	for _, opt := range []connect.ClientOption{connect.WithGRPC(), connect.WithGRPCWeb()} {
 		client := paymentsv1connect.NewPaymentServiceClient(srv.Client(), srv.URL, opt)
 		_, err = charge(t.Context(), client, "shared-key", 100)
-		requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusMismatch, "different request")
+		_ = requireLibraryError(t, err, connect.CodeInvalidArgument, idempotency.StatusMismatch, "different request")
 	}
 	assert.Equal(t, int32(1), svc.chargeRuns.Load())
 }

@@ -36,5 +36,7 @@ func ExampleNew() {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"order":"ord_1"}`))
 	})))
-	log.Fatal(http.ListenAndServe("localhost:8080", mux))
+	if err := http.ListenAndServe("localhost:8080", mux); err != nil {
+		log.Print(err)
+	}
 }
