@@ -183,7 +183,7 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 	info, _ := connect.CallInfoForHandlerContext(ctx)
 	var cErr error
 	switch {
-	case contextEnded(ctx, err):
+	case HandlerGaveUp(ctx, err, uint32(connect.CodeOf(err))):
 		_ = exec.Skip(ReasonContextEnded)
 	case err != nil:
 		rec := i.errorRecord(info, err)
@@ -220,20 +220,6 @@ func anyMessage(res connect.AnyResponse) (proto.Message, bool) {
 	}
 	msg, ok := res.Any().(proto.Message)
 	return msg, ok && msg != nil
-}
-
-// contextEnded reports whether the handler returned because its request's
-// context ended, rather than with an answer of its own.
-func contextEnded(ctx context.Context, err error) bool {
-	if err == nil || ctx.Err() == nil {
-		return false
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, context.Cause(ctx)) {
-		return true
-	}
-	code := connect.CodeOf(err)
-	return code == connect.CodeCanceled || code == connect.CodeDeadlineExceeded
 }
 
 // errorRecord builds the record of a handler error: the headers and

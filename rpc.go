@@ -1,6 +1,8 @@
 package idempotency
 
 import (
+	"context"
+	"errors"
 	"net/http"
 
 	"google.golang.org/protobuf/proto"
@@ -45,4 +47,21 @@ func (x *Execution) CompleteMessage(rec *Record, msg proto.Message) error {
 	rec.Message = string(msg.ProtoReflect().Descriptor().FullName())
 	rec.Body = body
 	return x.Complete(rec)
+}
+
+// HandlerGaveUp reports whether an RPC handler returned because its
+// request's context ended rather than with an answer of its own: ctx
+// ended, and err is the context's error (or its cause) or carries code,
+// the RPC code the adapter's framework reads from err, Canceled (1) or
+// DeadlineExceeded (4). Such an answer is not stored
+// ([ReasonContextEnded]).
+func HandlerGaveUp(ctx context.Context, err error, code uint32) bool {
+	if err == nil || ctx.Err() == nil {
+		return false
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, context.Cause(ctx)) {
+		return true
+	}
+	return code == 1 || code == 4
 }

@@ -227,8 +227,11 @@ func (r *recordingStream) Send(msg any) error {
 				Trailer: r.s.engine.AppendMetadata(nil, httpHeader(r.info.ResponseTrailer())),
 			}
 			// CompleteMessage logs its failures; the client gets its answer
-			// regardless.
-			_ = r.exec.CompleteMessage(&rec, m)
+			// regardless, unless it describes writes in the handler's
+			// transaction that were rolled back.
+			if err := r.exec.CompleteMessage(&rec, m); errors.Is(err, idempotency.ErrNotCommitted) {
+				return r.s.libraryError(r.info, err)
+			}
 		} else {
 			_ = r.exec.Skip(idempotency.ReasonNotEncodable)
 		}
@@ -249,37 +252,25 @@ func (s *server) execute(ctx context.Context, spec connect.Spec, info *connect.C
 		}
 	}()
 	rs := &recordingStream{requestStream: requestStream{ServerStream: stream, req: req}, s: s, info: info, exec: exec}
-	err := next(ctx, spec, rs)
+	err := next(exec.Context(ctx), spec, rs)
 	returned = true
 	switch {
 	case rs.sent:
 		// Recorded when it was sent; an error after that (the client went
 		// away while the response was written) changes nothing.
-	case contextEnded(ctx, err):
+	case idempotency.HandlerGaveUp(ctx, err, uint32(connect.CodeOf(err))):
 		_ = exec.Skip(idempotency.ReasonContextEnded)
 	case err != nil:
 		rec := s.errorRecord(info, err)
-		_ = exec.Complete(&rec)
+		if cErr := exec.Complete(&rec); errors.Is(cErr, idempotency.ErrNotCommitted) {
+			return s.libraryError(info, cErr)
+		}
 	default:
 		// A unary handler that returned without a response: the transport
 		// answers with an error of its own.
 		_ = exec.Skip(idempotency.ReasonNotEncodable)
 	}
 	return err
-}
-
-// contextEnded reports whether the handler returned because its request's
-// context ended, rather than with an answer of its own.
-func contextEnded(ctx context.Context, err error) bool {
-	if err == nil || ctx.Err() == nil {
-		return false
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, context.Cause(ctx)) {
-		return true
-	}
-	code := connect.CodeOf(err)
-	return code == connect.CodeCanceled || code == connect.CodeDeadlineExceeded
 }
 
 // errorRecord builds the record of a handler error as the client sees it:

@@ -161,14 +161,15 @@ func (s *server) execute(ctx context.Context, req any, handler grpc.UnaryHandler
 			_ = exec.Skip(idempotency.ReasonPanic)
 		}
 	}()
-	res, err := handler(grpc.NewContextWithServerTransportStream(ctx, rs), req)
+	res, err := handler(grpc.NewContextWithServerTransportStream(exec.Context(ctx), rs), req)
 	returned = true
 
 	// Complete and Skip log their failures; the client gets its answer
 	// regardless.
 	header, trailer := rs.recorded()
+	var cErr error
 	switch {
-	case contextEnded(ctx, err):
+	case idempotency.HandlerGaveUp(ctx, err, uint32(status.Code(err))):
 		_ = exec.Skip(idempotency.ReasonContextEnded)
 	case err != nil:
 		rec, ok := s.errorRecord(err, header, trailer)
@@ -176,7 +177,7 @@ func (s *server) execute(ctx context.Context, req any, handler grpc.UnaryHandler
 			_ = exec.Skip(idempotency.ReasonNotEncodable)
 			break
 		}
-		_ = exec.Complete(&rec)
+		cErr = exec.Complete(&rec)
 	default:
 		msg, ok := res.(proto.Message)
 		if !ok || msg == nil {
@@ -187,7 +188,12 @@ func (s *server) execute(ctx context.Context, req any, handler grpc.UnaryHandler
 			Header:  s.engine.AppendMetadata(nil, httpHeader(nil, header)),
 			Trailer: s.engine.AppendMetadata(nil, httpHeader(nil, trailer)),
 		}
-		_ = exec.CompleteMessage(&rec, msg)
+		cErr = exec.CompleteMessage(&rec, msg)
+	}
+	if errors.Is(cErr, idempotency.ErrNotCommitted) {
+		// The handler's writes in its transaction were rolled back: its
+		// answer describes work that did not happen.
+		return nil, s.libraryError(ctx, cErr)
 	}
 	if err != nil && status.Code(err) == codes.Unavailable {
 		// Headers make the answer more than a trailers-only response, which
@@ -225,20 +231,6 @@ func typeName(url string) string {
 		return url[i+1:]
 	}
 	return url
-}
-
-// contextEnded reports whether the handler returned because its request's
-// context ended, rather than with an answer of its own.
-func contextEnded(ctx context.Context, err error) bool {
-	if err == nil || ctx.Err() == nil {
-		return false
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, context.Cause(ctx)) {
-		return true
-	}
-	code := status.Code(err)
-	return code == codes.Canceled || code == codes.DeadlineExceeded
 }
 
 // replay answers a call from a stored record: the response message or the
