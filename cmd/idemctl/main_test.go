@@ -442,6 +442,31 @@ func TestUsage(t *testing.T) {
 	}
 }
 
+// TestPasswordNeverShown checks that a store's password stays out of what
+// idemctl prints when it cannot open the store.
+func TestPasswordNeverShown(t *testing.T) {
+	t.Parallel()
+	const password = "s3cret-pw"
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+	}{
+		{name: "bad postgres URL", args: []string{"-postgres", "postgres://app:" + password + "@127.0.0.1:port/x"}, wantCode: exitUsage},
+		{name: "unreachable postgres", args: []string{"-postgres", "postgres://app:" + password + "@127.0.0.1:1/x"}, wantCode: exitError},
+		{name: "unreachable redis", args: []string{"-redis", "redis://app:" + password + "@127.0.0.1:1/0"}, wantCode: exitError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			code, stdout, stderr := idemctl(t, append([]string{"stats", "-timeout", "2s"}, tt.args...)...)
+			assert.Equal(t, tt.wantCode, code)
+			assert.NotEmpty(t, stderr)
+			assert.NotContains(t, stdout+stderr, password)
+		})
+	}
+}
+
 // TestStoreFromEnvironment names the store with IDEMCTL_REDIS_URL or
 // IDEMCTL_POSTGRES_URL, and checks that with no store named at all the
 // command is a usage error. t.Setenv rules out t.Parallel.
