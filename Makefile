@@ -89,16 +89,20 @@ BENCH_RUN = bench_run() { \
 }
 
 .PHONY: bench
-bench: $(BENCHSTAT_STAMP) ## Memory store, in process (middleware, interceptor; serial, parallel), interleaved rounds: benchstat, ratios to bare.
+bench: $(BENCHSTAT_STAMP) ## Memory store, in process (middleware, Connect v1 and v2, grpc-go; serial, parallel), interleaved rounds: benchstat, ratios to bare.
 	@mkdir -p $(TOOLS_DIR)
 	go test -c -o $(TOOLS_DIR)/httpmw.test ./httpmw
 	go test -c -o $(TOOLS_DIR)/root.test .
+	go test -c -o $(TOOLS_DIR)/grpcmw.test ./grpcmw
+	go test -c -o $(TOOLS_DIR)/connectv2.test ./connectv2
 	@rm -f bench.txt
 	@$(BENCH_RUN); \
 	for round in $$(seq 1 $(BENCH_ROUNDS)); do \
 		echo "round $$round of $(BENCH_ROUNDS)" >&2; \
 		bench_run bench.txt $(TOOLS_DIR)/httpmw.test -test.bench '^BenchmarkMiddleware(Parallel)?$$' -test.benchmem -test.benchtime $(BENCH_TIME); \
 		bench_run bench.txt $(TOOLS_DIR)/root.test -test.bench '^BenchmarkInterceptor(Parallel)?$$' -test.benchmem -test.benchtime $(BENCH_TIME); \
+		bench_run bench.txt $(TOOLS_DIR)/grpcmw.test -test.bench '^Benchmark(GRPC|Connect)$$' -test.benchmem -test.benchtime $(BENCH_TIME); \
+		bench_run bench.txt $(TOOLS_DIR)/connectv2.test -test.bench '^BenchmarkConnectV(1|2|2InProcess)$$' -test.benchmem -test.benchtime $(BENCH_TIME); \
 	done
 	$(BENCHSTAT) bench.txt
 	go run ./internal/benchratio bench.txt

@@ -19,22 +19,30 @@ import (
 // against the Connect v1 interceptor. Package connectv2 runs the same table
 // against the v2 interceptor.
 
+// v1Adapter starts Connect v1 servers for the suites of internal/adaptertest.
+var v1Adapter = adaptertest.Adapter{
+	Name:      "connect-go v1",
+	Protocols: []string{"connect+json", "connect+proto", "grpc", "grpcweb"},
+	Start: func(t *testing.T, h adaptertest.Handler, store idempotency.Store, opts ...idempotency.Option) adaptertest.Server {
+		svc := &paymentServer{charge: v1Charge(h)}
+		clients := startServer(t, svc, connect.WithInterceptors(idempotency.NewInterceptor(store, opts...)))
+		return v1Clients{
+			"connect+json":  clients(connect.WithProtoJSON()),
+			"connect+proto": clients(),
+			"grpc":          clients(connect.WithGRPC()),
+			"grpcweb":       clients(connect.WithGRPCWeb()),
+		}
+	},
+}
+
 func TestInterceptorBehaviour(t *testing.T) {
 	t.Parallel()
-	adaptertest.Run(t, adaptertest.Adapter{
-		Name:      "connect-go v1",
-		Protocols: []string{"connect+json", "connect+proto", "grpc", "grpcweb"},
-		Start: func(t *testing.T, h adaptertest.Handler, store idempotency.Store, opts ...idempotency.Option) adaptertest.Server {
-			svc := &paymentServer{charge: v1Charge(h)}
-			clients := startServer(t, svc, connect.WithInterceptors(idempotency.NewInterceptor(store, opts...)))
-			return v1Clients{
-				"connect+json":  clients(connect.WithProtoJSON()),
-				"connect+proto": clients(),
-				"grpc":          clients(connect.WithGRPC()),
-				"grpcweb":       clients(connect.WithGRPCWeb()),
-			}
-		},
-	})
+	adaptertest.Run(t, v1Adapter)
+}
+
+func TestInterceptorObservability(t *testing.T) {
+	t.Parallel()
+	adaptertest.RunObservability(t, v1Adapter)
 }
 
 // v1Charge runs a framework-neutral handler as a v1 Charge.

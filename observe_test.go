@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +17,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -26,141 +24,9 @@ import (
 	"github.com/idemkey/idempotency"
 	paymentsv1 "github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1"
 	"github.com/idemkey/idempotency/internal/gen/idemkey/payments/v1/paymentsv1connect"
+	"github.com/idemkey/idempotency/internal/otelcheck"
 	"github.com/idemkey/idempotency/store/memory"
 )
-
-// meterHarness is an OpenTelemetry SDK meter provider with a manual reader.
-type meterHarness struct {
-	reader *sdkmetric.ManualReader
-	option idempotency.Option
-}
-
-func newMeterHarness(t *testing.T) *meterHarness {
-	t.Helper()
-	reader := sdkmetric.NewManualReader()
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
-	return &meterHarness{reader: reader, option: idempotency.WithMeterProvider(provider)}
-}
-
-func (h *meterHarness) collect(t *testing.T) metricdata.ResourceMetrics {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	require.NoError(t, h.reader.Collect(t.Context(), &rm))
-	return rm
-}
-
-// decisions returns the decisions counter as "outcome route [reason]" to
-// its value.
-func (h *meterHarness) decisions(t *testing.T) map[string]int64 {
-	t.Helper()
-	got := map[string]int64{}
-	for _, sm := range h.collect(t).ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != "idempotency.decisions" {
-				continue
-			}
-			assert.Equal(t, "{request}", m.Unit)
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			require.True(t, ok, "a counter is a sum of int64")
-			for _, dp := range sum.DataPoints {
-				got[series(dp.Attributes)] += dp.Value
-			}
-		}
-	}
-	return got
-}
-
-func series(set attribute.Set) string {
-	outcome, _ := set.Value("idempotency.outcome")
-	route, _ := set.Value("idempotency.route")
-	s := outcome.AsString() + " " + route.AsString()
-	if reason, ok := set.Value("idempotency.reason"); ok {
-		s += " " + reason.AsString()
-	}
-	return s
-}
-
-// histogramCounts returns, for a histogram, its count by operation or
-// outcome attribute.
-func (h *meterHarness) histogramCounts(t *testing.T, name string) map[string]uint64 {
-	t.Helper()
-	got := map[string]uint64{}
-	for _, sm := range h.collect(t).ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != name {
-				continue
-			}
-			assert.Equal(t, "s", m.Unit)
-			hist, ok := m.Data.(metricdata.Histogram[float64])
-			require.True(t, ok, "a histogram of float64")
-			for _, dp := range hist.DataPoints {
-				label, ok := dp.Attributes.Value("idempotency.store.operation")
-				if !ok {
-					label, _ = dp.Attributes.Value("idempotency.outcome")
-				}
-				got[label.AsString()] += dp.Count
-			}
-		}
-	}
-	return got
-}
-
-// requireNoKey fails if any attribute of any metric holds key.
-func (h *meterHarness) requireNoKey(t *testing.T, key string) {
-	t.Helper()
-	for _, sm := range h.collect(t).ScopeMetrics {
-		for _, m := range sm.Metrics {
-			var sets []attribute.Set
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, dp := range d.DataPoints {
-					sets = append(sets, dp.Attributes)
-				}
-			case metricdata.Histogram[float64]:
-				for _, dp := range d.DataPoints {
-					sets = append(sets, dp.Attributes)
-				}
-			}
-			for _, set := range sets {
-				for _, kv := range set.ToSlice() {
-					require.NotContains(t, kv.Value.String(), key, "metric %s, attribute %s", m.Name, kv.Key)
-				}
-			}
-		}
-	}
-}
-
-// decisionLog is an observer that keeps what it is told.
-type decisionLog struct {
-	mu  sync.Mutex
-	got []idempotency.Decision
-}
-
-func (l *decisionLog) observe(_ context.Context, d idempotency.Decision) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.got = append(l.got, d)
-}
-
-func (l *decisionLog) decisions() []idempotency.Decision {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]idempotency.Decision(nil), l.got...)
-}
-
-// series returns the decisions as the counter's series.
-func (l *decisionLog) series() map[string]int64 {
-	got := map[string]int64{}
-	for _, d := range l.decisions() {
-		s := d.Outcome + " " + d.Route
-		if d.Reason != "" {
-			s += " " + d.Reason
-		}
-		got[s]++
-	}
-	return got
-}
 
 // notHeldStore loses every claim before its response is stored.
 type notHeldStore struct{ idempotency.Store }
@@ -344,21 +210,21 @@ func TestEngineCountsEachOutcomeOnce(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			meters := newMeterHarness(t)
-			var log decisionLog
+			meters := otelcheck.NewMeters(t)
+			var log otelcheck.Log
 			var store idempotency.Store = newMemory(t)
 			if tt.store != nil {
 				store = tt.store(t)
 			}
-			opts := append([]idempotency.Option{quiet, meters.option, idempotency.WithObserver(log.observe)}, tt.opts...)
+			opts := append([]idempotency.Option{quiet, meters.Option, idempotency.WithObserver(log.Observe)}, tt.opts...)
 			e := idempotency.NewEngine(store, opts...)
 
 			tt.run(t, e)
 
-			assert.Equal(t, tt.want, meters.decisions(t), "the counter")
-			assert.Equal(t, tt.want, log.series(), "the observer")
-			meters.requireNoKey(t, rawKey)
-			for _, d := range log.decisions() {
+			assert.Equal(t, tt.want, meters.Decisions(t), "the counter")
+			assert.Equal(t, tt.want, log.Series(), "the observer")
+			meters.RequireNoKey(t, rawKey)
+			for _, d := range log.Decisions() {
 				if d.KeyHash != "" {
 					assert.Len(t, d.KeyHash, 12)
 					assert.NotContains(t, rawKey, d.KeyHash)
@@ -372,9 +238,9 @@ func TestEngineCountsEachOutcomeOnce(t *testing.T) {
 
 func TestEngineObserverTimings(t *testing.T) {
 	t.Parallel()
-	meters := newMeterHarness(t)
-	var log decisionLog
-	e := idempotency.NewEngine(newMemory(t), quiet, meters.option, idempotency.WithObserver(log.observe),
+	meters := otelcheck.NewMeters(t)
+	var log otelcheck.Log
+	e := idempotency.NewEngine(newMemory(t), quiet, meters.Option, idempotency.WithObserver(log.Observe),
 		idempotency.WithWait(10*time.Second))
 
 	x, _, err := e.Begin(t.Context(), req("k", "a"))
@@ -386,12 +252,12 @@ func TestEngineObserverTimings(t *testing.T) {
 	}()
 	// The duplicate is waiting once it was decided that it must.
 	require.Eventually(t, func() bool {
-		return meters.histogramCounts(t, "idempotency.store.duration")["claim"] == 2
+		return meters.HistogramCounts(t, "idempotency.store.duration")["claim"] == 2
 	}, 5*time.Second, time.Millisecond)
 	require.NoError(t, x.Complete(jsonRecord(`{}`)))
 	require.NoError(t, <-replayed)
 
-	ds := log.decisions()
+	ds := log.Decisions()
 	require.Len(t, ds, 2)
 	sort.Slice(ds, func(i, j int) bool { return ds[i].Outcome < ds[j].Outcome })
 	executed, replay := ds[0], ds[1]
@@ -403,8 +269,8 @@ func TestEngineObserverTimings(t *testing.T) {
 	assert.Positive(t, replay.Wait)
 	assert.GreaterOrEqual(t, replay.Decide, replay.Wait)
 
-	assert.Equal(t, map[string]uint64{"replayed": 1}, meters.histogramCounts(t, "idempotency.wait.duration"))
-	stores := meters.histogramCounts(t, "idempotency.store.duration")
+	assert.Equal(t, map[string]uint64{"replayed": 1}, meters.HistogramCounts(t, "idempotency.wait.duration"))
+	stores := meters.HistogramCounts(t, "idempotency.store.duration")
 	assert.Equal(t, uint64(1), stores["complete"])
 	assert.GreaterOrEqual(t, stores["claim"], uint64(3), "the first claim, the duplicate's first and last")
 	assert.GreaterOrEqual(t, stores["wait"], uint64(1))
@@ -595,8 +461,8 @@ func TestInterceptorCountsEachOutcomeOnce(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			meters := newMeterHarness(t)
-			var log decisionLog
+			meters := otelcheck.NewMeters(t)
+			var log otelcheck.Log
 			var store idempotency.Store = newMemory(t)
 			if tt.store != nil {
 				store = tt.store(t)
@@ -605,14 +471,14 @@ func TestInterceptorCountsEachOutcomeOnce(t *testing.T) {
 			if tt.handler != nil {
 				svc.charge = tt.handler
 			}
-			opts := append([]idempotency.Option{meters.option, idempotency.WithObserver(log.observe)}, tt.opts...)
+			opts := append([]idempotency.Option{meters.Option, idempotency.WithObserver(log.Observe)}, tt.opts...)
 			client := guarded(t, svc, store, opts...)()
 
 			tt.run(t, client)
 
-			assert.Equal(t, tt.want, meters.decisions(t), "the counter")
-			assert.Equal(t, tt.want, log.series(), "the observer")
-			meters.requireNoKey(t, rawKey)
+			assert.Equal(t, tt.want, meters.Decisions(t), "the counter")
+			assert.Equal(t, tt.want, log.Series(), "the observer")
+			meters.RequireNoKey(t, rawKey)
 		})
 	}
 }
@@ -620,14 +486,14 @@ func TestInterceptorCountsEachOutcomeOnce(t *testing.T) {
 func TestInterceptorCountsInFlight(t *testing.T) {
 	t.Parallel()
 	const route = paymentsv1connect.PaymentServiceChargeProcedure
-	meters := newMeterHarness(t)
+	meters := otelcheck.NewMeters(t)
 	entered, release := make(chan struct{}), make(chan struct{})
 	svc := &paymentServer{charge: func(ctx context.Context, r *connect.Request[paymentsv1.ChargeRequest]) (*connect.Response[paymentsv1.ChargeResponse], error) {
 		close(entered)
 		<-release
 		return chargeHandler(ctx, r)
 	}}
-	client := guarded(t, svc, newMemory(t), meters.option)()
+	client := guarded(t, svc, newMemory(t), meters.Option)()
 
 	first := make(chan error, 1)
 	go func() {
@@ -640,7 +506,7 @@ func TestInterceptorCountsInFlight(t *testing.T) {
 	close(release)
 	require.NoError(t, <-first)
 
-	assert.Equal(t, map[string]int64{"in-flight " + route: 1, "executed " + route: 1}, meters.decisions(t))
+	assert.Equal(t, map[string]int64{"in-flight " + route: 1, "executed " + route: 1}, meters.Decisions(t))
 }
 
 // tracedServer starts the payment service behind the interceptor, inside

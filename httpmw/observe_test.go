@@ -11,65 +11,23 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.opentelemetry.io/otel/attribute"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idemkey/idempotency"
+	"github.com/idemkey/idempotency/internal/otelcheck"
 )
 
 // rawKey is a client's key that must never appear in telemetry.
 const rawKey = "raw-client-key-7f3a"
 
-// decisionCounter reads the decisions counter of a meter provider.
-type decisionCounter struct {
-	reader *sdkmetric.ManualReader
-	option idempotency.Option
-}
-
-func newDecisionCounter(t *testing.T) *decisionCounter {
+// counts returns the decisions counter of meters as "outcome route
+// [reason]" to its value, and fails if any attribute holds the raw key.
+func counts(t *testing.T, meters *otelcheck.Meters) map[string]int64 {
 	t.Helper()
-	reader := sdkmetric.NewManualReader()
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
-	return &decisionCounter{reader: reader, option: idempotency.WithMeterProvider(provider)}
-}
-
-// counts returns the counter as "outcome route [reason]" to its value, and
-// fails if any attribute holds the raw key.
-func (c *decisionCounter) counts(t *testing.T) map[string]int64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	require.NoError(t, c.reader.Collect(t.Context(), &rm))
-	got := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if m.Name != "idempotency.decisions" || !ok {
-				continue
-			}
-			for _, dp := range sum.DataPoints {
-				for _, kv := range dp.Attributes.ToSlice() {
-					require.NotContains(t, kv.Value.String(), rawKey)
-				}
-				got[series(dp.Attributes)] += dp.Value
-			}
-		}
-	}
-	return got
-}
-
-func series(set attribute.Set) string {
-	outcome, _ := set.Value("idempotency.outcome")
-	route, _ := set.Value("idempotency.route")
-	s := outcome.AsString() + " " + route.AsString()
-	if reason, ok := set.Value("idempotency.reason"); ok {
-		s += " " + reason.AsString()
-	}
-	return s
+	meters.RequireNoKey(t, rawKey)
+	return meters.Decisions(t)
 }
 
 // notHeldStore loses every claim before its response is stored.
@@ -169,7 +127,7 @@ func TestMiddlewareCountsEachOutcomeOnce(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			counter := newDecisionCounter(t)
+			meters := otelcheck.NewMeters(t)
 			var store idempotency.Store = newSpy()
 			if tt.store != nil {
 				store = tt.store()
@@ -178,37 +136,37 @@ func TestMiddlewareCountsEachOutcomeOnce(t *testing.T) {
 			if handler == nil {
 				handler = jsonHandler(http.StatusCreated, `{"id":"p_1"}`)
 			}
-			opts := append([]idempotency.Option{quietLogger(), counter.option}, tt.opts...)
+			opts := append([]idempotency.Option{quietLogger(), meters.Option}, tt.opts...)
 			mux := http.NewServeMux()
 			mux.Handle(pattern, guarded(store, handler, opts...))
 
 			tt.run(t, mux)
 
-			assert.Equal(t, tt.want, counter.counts(t))
+			assert.Equal(t, tt.want, counts(t, meters))
 		})
 	}
 }
 
 func TestMiddlewareRouteWithoutPatternIsTheMethod(t *testing.T) {
 	t.Parallel()
-	counter := newDecisionCounter(t)
-	h := guarded(newSpy(), jsonHandler(http.StatusCreated, `{}`), quietLogger(), counter.option)
+	meters := otelcheck.NewMeters(t)
+	h := guarded(newSpy(), jsonHandler(http.StatusCreated, `{}`), quietLogger(), meters.Option)
 	require.Equal(t, http.StatusCreated, postTo(t, h, "/payments/p_123", rawKey, `{}`).Code)
 	require.Equal(t, http.StatusCreated, postTo(t, h, "/payments/p_123", rawKey, `{}`).Code)
-	assert.Equal(t, map[string]int64{"executed POST": 1, "replayed POST": 1}, counter.counts(t),
+	assert.Equal(t, map[string]int64{"executed POST": 1, "replayed POST": 1}, counts(t, meters),
 		"a path with IDs in it never becomes an attribute")
 }
 
 func TestMiddlewareCountsInFlight(t *testing.T) {
 	t.Parallel()
-	counter := newDecisionCounter(t)
+	meters := otelcheck.NewMeters(t)
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	h := guarded(newSpy(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		once.Do(func() { close(entered) })
 		<-release
 		jsonHandler(http.StatusCreated, `{}`)(w, r)
-	}), quietLogger(), counter.option)
+	}), quietLogger(), meters.Option)
 
 	first := make(chan int, 1)
 	go func() { first <- postTo(t, h, "/payments", rawKey, `{}`).Code }()
@@ -217,7 +175,7 @@ func TestMiddlewareCountsInFlight(t *testing.T) {
 	close(release)
 	require.Equal(t, http.StatusCreated, <-first)
 
-	assert.Equal(t, map[string]int64{"in-flight POST": 1, "executed POST": 1}, counter.counts(t))
+	assert.Equal(t, map[string]int64{"in-flight POST": 1, "executed POST": 1}, counts(t, meters))
 }
 
 func TestMiddlewareReplayShowsOnTheServerSpan(t *testing.T) {

@@ -2,7 +2,8 @@
 // idempotency library: a Connect service (Charge is guarded; GetCharge and
 // Refund are safe to retry and pass through) and a plain net/http endpoint
 // (POST /orders). It uses the in-memory store, or Redis when REDIS_ADDR or
-// REDIS_URL is set, so that several instances can share one store.
+// REDIS_URL is set, so that several instances can share one store. Its
+// OpenTelemetry metrics are served in the Prometheus format on GET /metrics.
 //
 //	go run ./cmd/example             # serve on 127.0.0.1:8080
 //	go run ./cmd/example -addr :9090
@@ -61,17 +62,12 @@ func run(addr string, logger *slog.Logger) error {
 	}
 	defer closeStore()
 
-	opts := []idempotency.Option{idempotency.WithLogger(logger)}
-	mux := http.NewServeMux()
-	mux.Handle(paymentsv1connect.NewPaymentServiceHandler(&payments{},
-		connect.WithInterceptors(idempotency.NewInterceptor(store, opts...)),
-	))
-	mux.Handle("POST /orders", httpmw.New(store, opts...)(http.HandlerFunc(createOrder)))
-	// gRPC server reflection, so that tools such as buf curl and grpcurl
-	// find the schema without being given it.
-	reflector := grpcreflect.NewStaticReflector(paymentsv1connect.PaymentServiceName)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	metrics, shutdownMetrics, err := setUpMetrics()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = shutdownMetrics(context.Background()) }()
+	mux := newMux(store, logger, metrics)
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -95,6 +91,26 @@ func run(addr string, logger *slog.Logger) error {
 		return err
 	}
 	return nil
+}
+
+// newMux returns the service's routes, with metrics serving GET /metrics.
+// httpmw is mounted inside the mux, so that its metrics name the route by
+// the pattern that matched ("POST /orders"), not by the path as sent.
+func newMux(store idempotency.Store, logger *slog.Logger, metrics http.Handler) *http.ServeMux {
+	opts := []idempotency.Option{idempotency.WithLogger(logger)}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	mux.Handle(paymentsv1connect.NewPaymentServiceHandler(&payments{},
+		connect.WithInterceptors(idempotency.NewInterceptor(store, opts...)),
+	))
+	mux.Handle("POST /orders", httpmw.New(store, opts...)(http.HandlerFunc(createOrder)))
+	// gRPC server reflection, so that tools such as buf curl and grpcurl
+	// find the schema without being given it.
+	reflector := grpcreflect.NewStaticReflector(paymentsv1connect.PaymentServiceName)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+
+	return mux
 }
 
 // payments is the Connect service. Charge sleeps for the duration in the
@@ -219,6 +235,9 @@ func helpLines(base, storeName string) []string {
 		"",
 		"9. A Connect client with the client interceptor retries a lost answer safely:",
 		"   go run ./cmd/example -client",
+		"",
+		"10. The library's OpenTelemetry metrics, in the Prometheus format: idempotency_decisions_total by outcome and route:",
+		fmt.Sprintf(`   curl -s %s/metrics | grep idempotency`, base),
 		"",
 		"Stop with Ctrl-C.",
 	}

@@ -5,6 +5,7 @@
 //	idemctl inspect -redis redis://127.0.0.1:6379/0 -route "POST /charges" -key KEY
 //	idemctl forget  -redis redis://127.0.0.1:6379/0 -route "/pkg.Service/Method" -key KEY
 //	idemctl stats   -redis redis://127.0.0.1:6379/0
+//	idemctl inspect -postgres postgres://app@db.internal/app -table idempotency -route "POST /charges" -key KEY
 //
 // inspect prints what a key holds: nothing, a claim (a request in flight)
 // with its lease left, or a completed record with its status, its size, the
@@ -21,8 +22,10 @@
 // into the key: it cannot name a key here.
 //
 // The store is Redis (-redis URL or IDEMCTL_REDIS_URL, -redis-cluster for a
-// Cluster) or PostgreSQL (-postgres URL or IDEMCTL_POSTGRES_URL). Output is
-// for people; -json prints one JSON object instead.
+// Cluster; -prefix as the service's redisstore.WithPrefix) or PostgreSQL
+// (-postgres URL or IDEMCTL_POSTGRES_URL; -table as the service's
+// pgstore.WithTable). Output is for people; -json prints one JSON object
+// instead.
 //
 // Exit codes: 0 done, 1 error, 2 usage, 3 the key holds nothing (inspect
 // and forget).
@@ -41,6 +44,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemkey/idempotency"
+	"github.com/idemkey/idempotency/store/pgstore"
 	"github.com/idemkey/idempotency/store/redisstore"
 )
 
@@ -99,7 +103,8 @@ STORE is one of:
   -redis URL             redis://[user:password@]host:port/db (or $IDEMCTL_REDIS_URL)
   -redis-cluster ADDRS   host:port,host:port or a redis:// URL with addr= parameters
   -postgres URL          postgres://... (or $IDEMCTL_POSTGRES_URL)
-and for Redis -prefix (default "idempotency:").
+and for Redis -prefix (default "idempotency:"), for PostgreSQL -table
+(default "idempotency").
 
 KEY is either
   -route ROUTE -key KEY [-scope SCOPE] [-uuid4]
@@ -142,6 +147,7 @@ type options struct {
 	redisCluster string
 	postgresURL  string
 	prefix       string
+	table        string
 	json         bool
 	timeout      time.Duration
 
@@ -169,6 +175,7 @@ func parse(name string, args []string, keyed bool, stderr io.Writer) (*options, 
 	fs.StringVar(&o.redisCluster, "redis-cluster", "", "Redis Cluster `addresses`, comma-separated, or a redis:// URL with addr= parameters")
 	fs.StringVar(&o.postgresURL, "postgres", "", "PostgreSQL `URL` (default $"+envPostgresURL+")")
 	fs.StringVar(&o.prefix, "prefix", redisstore.DefaultPrefix, "the Redis store's key prefix (redisstore.WithPrefix)")
+	fs.StringVar(&o.table, "table", pgstore.DefaultTable, "the PostgreSQL store's `table`, optionally schema.table (pgstore.WithTable)")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object")
 	fs.DurationVar(&o.timeout, "timeout", defaultTimeout, "give up after this long")
 	if keyed {
@@ -259,7 +266,7 @@ func (o *options) open(ctx context.Context, stderr io.Writer) (*backend, error) 
 	case given > 1:
 		return nil, usagef("name one store: -redis, -redis-cluster or -postgres")
 	case postgresURL != "":
-		return openPostgres(ctx, postgresURL)
+		return openPostgres(ctx, postgresURL, o.table, stderr)
 	case o.redisCluster != "":
 		return openRedisCluster(ctx, o.redisCluster, o.prefix, stderr)
 	}

@@ -14,29 +14,53 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkey/idempotency"
 	"github.com/idemkey/idempotency/httpmw"
+	"github.com/idemkey/idempotency/internal/pgtest"
 	"github.com/idemkey/idempotency/internal/redistest"
+	"github.com/idemkey/idempotency/store/pgstore"
 	"github.com/idemkey/idempotency/store/redisstore"
 	"github.com/idemkey/idempotency/storetest"
 )
 
-func TestMain(m *testing.M) { redistest.Main(m) }
+func TestMain(m *testing.M) { redistest.Main(m, pgtest.TearDown) }
 
-// fixture is a store on the shared Redis, under a prefix of the test's own,
-// and the URL and prefix that idemctl needs to reach it.
+// fixture is a store of the test's own on a shared server (a Redis prefix,
+// a PostgreSQL table), and what idemctl needs to reach it.
 type fixture struct {
-	client *redis.Client
-	store  *redisstore.Store
-	url    string
-	prefix string
+	store idempotency.Store
+	// flag and url name the server: "-redis" or "-postgres", and its URL.
+	flag, url string
+	// env is the variable that can name the server instead of flag.
+	env string
+	// where names the store on the server: -prefix or -table, and its value.
+	where []string
 }
 
-func newFixture(t *testing.T) *fixture {
+// stores are the stores that the end-to-end tests run on.
+var stores = []struct {
+	name    string
+	fixture func(*testing.T) *fixture
+}{
+	{name: "redis", fixture: redisFixture},
+	{name: "postgres", fixture: postgresFixture},
+}
+
+// forEachStore runs test in parallel on each of stores.
+func forEachStore(t *testing.T, test func(t *testing.T, f *fixture)) {
+	t.Helper()
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			test(t, s.fixture(t))
+		})
+	}
+}
+
+func redisFixture(t *testing.T) *fixture {
 	t.Helper()
 	c := redistest.Client(t)
 	prefix := redistest.Prefix(t, c)
@@ -47,14 +71,24 @@ func newFixture(t *testing.T) *fixture {
 	if o.Password != "" {
 		u.User = url.UserPassword(o.Username, o.Password)
 	}
-	return &fixture{client: c, store: s, url: u.String(), prefix: prefix}
+	return &fixture{store: s, flag: "-redis", url: u.String(), env: envRedisURL, where: []string{"-prefix", prefix}}
+}
+
+func postgresFixture(t *testing.T) *fixture {
+	t.Helper()
+	pool := pgtest.Pool(t)
+	table := pgtest.Name("idemctl")
+	require.NoError(t, pgstore.Migrate(t.Context(), pool, pgstore.WithTable(table)))
+	s := pgstore.New(pool, pgstore.WithTable(table), pgstore.WithSweepInterval(0))
+	t.Cleanup(func() { assert.NoError(t, s.Close()) })
+	return &fixture{store: s, flag: "-postgres", url: pgtest.URL(t), env: envPostgresURL, where: []string{"-table", table}}
 }
 
 // idemctl runs the command line args against f's store.
 func (f *fixture) idemctl(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	args = append(args[:1:1], append([]string{"-redis", f.url, "-prefix", f.prefix}, args[1:]...)...)
-	return idemctl(t, args...)
+	named := append([]string{args[0], f.flag, f.url}, f.where...)
+	return idemctl(t, append(named, args[1:]...)...)
 }
 
 func idemctl(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -102,7 +136,10 @@ func post(t *testing.T, srv *httptest.Server, path, key string) reply {
 // next request with the key runs the handler.
 func TestForgetStuckClaim(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	forEachStore(t, testForgetStuckClaim)
+}
+
+func testForgetStuckClaim(t *testing.T, f *fixture) {
 	var calls atomic.Int32
 	started, unblock := make(chan struct{}), make(chan struct{})
 	srv := httptest.NewServer(httpmw.New(f.store)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -178,7 +215,10 @@ func TestForgetStuckClaim(t *testing.T) {
 // status and size, forget deletes it, and the next request runs.
 func TestForgetRecord(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	forEachStore(t, testForgetRecord)
+}
+
+func testForgetRecord(t *testing.T, f *fixture) {
 	var calls atomic.Int32
 	srv := httptest.NewServer(httpmw.New(f.store)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := calls.Add(1)
@@ -239,7 +279,10 @@ func TestForgetRecord(t *testing.T) {
 
 func TestInspectAbsent(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	forEachStore(t, testInspectAbsent)
+}
+
+func testInspectAbsent(t *testing.T, f *fixture) {
 	code, out, _ := f.idemctl(t, "inspect", "-route", "POST /charges", "-key", rand.Text())
 	assert.Equal(t, exitAbsent, code)
 	assert.Contains(t, out, "state:       nothing")
@@ -252,7 +295,10 @@ func TestInspectAbsent(t *testing.T) {
 // with -uuid4 a UUID in another spelling is the same key.
 func TestInspectKeyForms(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	forEachStore(t, testInspectKeyForms)
+}
+
+func testInspectKeyForms(t *testing.T, f *fixture) {
 	const route = "/pkg.Service/Method"
 	uuid := "6f1d6a2e-7a9b-4c1e-9f3a-2b8c7d6e5f40"
 	tests := []struct {
@@ -288,7 +334,10 @@ func TestInspectKeyForms(t *testing.T) {
 // failing.
 func TestInspectUndecodable(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	forEachStore(t, testInspectUndecodable)
+}
+
+func testInspectUndecodable(t *testing.T, f *fixture) {
 	key, token := storetest.Key(), rand.Text()
 	sk := idempotency.StorageKey("", "POST /x", key)
 	_, err := f.store.Claim(t.Context(), sk, token, time.Minute)
@@ -303,7 +352,10 @@ func TestInspectUndecodable(t *testing.T) {
 
 func TestStats(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	forEachStore(t, testStats)
+}
+
+func testStats(t *testing.T, f *fixture) {
 	ctx := t.Context()
 	const claims, records = 3, 2
 	for i := range claims + records {
@@ -349,7 +401,10 @@ func TestStatsCluster(t *testing.T) {
 
 func TestUsage(t *testing.T) {
 	t.Parallel()
-	const redisURL = "redis://127.0.0.1:1/0" // never dialled: usage fails first
+	const (
+		redisURL    = "redis://127.0.0.1:1/0" // never dialled: usage fails first
+		postgresURL = "postgres://127.0.0.1:1/x"
+	)
 	tests := []struct {
 		name      string
 		args      []string
@@ -372,7 +427,9 @@ func TestUsage(t *testing.T) {
 		{name: "two stores", args: []string{"stats", "-redis", redisURL, "-postgres", "postgres://x"}, wantCode: exitUsage, wantError: "name one store"},
 		{name: "bad redis URL", args: []string{"stats", "-redis", "http://x"}, wantCode: exitUsage, wantError: "-redis"},
 		{name: "bad timeout", args: []string{"stats", "-redis", redisURL, "-timeout", "0s"}, wantCode: exitUsage, wantError: "-timeout"},
-		{name: "postgres", args: []string{"stats", "-postgres", "postgres://127.0.0.1:1/x"}, wantCode: exitError, wantError: "requires store/pgstore"},
+		{name: "bad postgres URL", args: []string{"stats", "-postgres", "postgres://127.0.0.1:port/x"}, wantCode: exitUsage, wantError: "-postgres"},
+		{name: "bad table", args: []string{"stats", "-postgres", postgresURL, "-table", "Charges; DROP"}, wantCode: exitUsage, wantError: "-table"},
+		{name: "unreachable postgres", args: []string{"stats", "-postgres", postgresURL, "-timeout", "2s"}, wantCode: exitError, wantError: "127.0.0.1"},
 		{name: "unreachable redis", args: []string{"stats", "-redis", redisURL, "-timeout", "2s"}, wantCode: exitError, wantError: "127.0.0.1:1"},
 	}
 	for _, tt := range tests {
@@ -385,18 +442,51 @@ func TestUsage(t *testing.T) {
 	}
 }
 
-// TestStoreFromEnvironment names the store with IDEMCTL_REDIS_URL, and
-// checks that with no store named at all the command is a usage error.
-// t.Setenv rules out t.Parallel.
+// TestPasswordNeverShown checks that a store's password stays out of what
+// idemctl prints when it cannot open the store.
+func TestPasswordNeverShown(t *testing.T) {
+	t.Parallel()
+	const password = "s3cret-pw"
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+	}{
+		{name: "bad postgres URL", args: []string{"-postgres", "postgres://app:" + password + "@127.0.0.1:port/x"}, wantCode: exitUsage},
+		{name: "unreachable postgres", args: []string{"-postgres", "postgres://app:" + password + "@127.0.0.1:1/x"}, wantCode: exitError},
+		{name: "unreachable redis", args: []string{"-redis", "redis://app:" + password + "@127.0.0.1:1/0"}, wantCode: exitError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			code, stdout, stderr := idemctl(t, append([]string{"stats", "-timeout", "2s"}, tt.args...)...)
+			assert.Equal(t, tt.wantCode, code)
+			assert.NotEmpty(t, stderr)
+			assert.NotContains(t, stdout+stderr, password)
+		})
+	}
+}
+
+// TestStoreFromEnvironment names the store with IDEMCTL_REDIS_URL or
+// IDEMCTL_POSTGRES_URL, and checks that with no store named at all the
+// command is a usage error. t.Setenv rules out t.Parallel.
 func TestStoreFromEnvironment(t *testing.T) {
-	f := newFixture(t)
-	t.Setenv(envRedisURL, f.url)
-	t.Setenv(envPostgresURL, "")
-	code, _, _ := idemctl(t, "stats", "-prefix", f.prefix)
-	assert.Equal(t, exitOK, code)
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			f := s.fixture(t)
+			t.Setenv(envRedisURL, "")
+			t.Setenv(envPostgresURL, "")
+			t.Setenv(f.env, f.url)
+			code, out, _ := idemctl(t, append([]string{"stats"}, f.where...)...)
+			assert.Equal(t, exitOK, code)
+			assert.Contains(t, out, "claims:  0")
+		})
+	}
 
 	t.Setenv(envRedisURL, "")
+	t.Setenv(envPostgresURL, "")
 	code, _, stderr := idemctl(t, "stats")
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, stderr, envRedisURL)
+	assert.Contains(t, stderr, envPostgresURL)
 }

@@ -1,7 +1,9 @@
 // Package adaptertest is one behaviour suite for the RPC adapters of the
 // idempotency library: the Connect v1 interceptor and the connect-go v2
-// interceptor run the same table, each through a small [Adapter] that
-// translates its framework's server, client, metadata and errors.
+// interceptor run the same table ([Run]), and they and the grpc-go
+// interceptor the same observability table ([RunObservability]), each
+// through a small [Adapter] that translates its framework's server, client,
+// metadata and errors.
 package adaptertest
 
 import (

@@ -128,13 +128,23 @@ func Name(prefix string) string {
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
 func Main(m *testing.M) {
 	code := m.Run()
-	if err := tearDown(); err != nil {
-		fmt.Fprintln(os.Stderr, "pgtest:", err)
+	if err := TearDown(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		if code == 0 {
 			code = 1
 		}
 	}
 	os.Exit(code)
+}
+
+// TearDown drops the throwaway database and stops the server this package
+// started, if any. [Main] calls it; a TestMain that runs the tests through
+// another package's Main, such as redistest.Main, passes it there.
+func TearDown() error {
+	if err := tearDown(); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	return nil
 }
 
 // setUp finds or starts a server and creates the throwaway database.

@@ -146,7 +146,12 @@ func NewClient(tb testing.TB, opts *redis.Options) *redis.Client {
 // Main also silences go-redis's own logger, which otherwise writes every
 // refused connection of a test that stops Redis on purpose to the test
 // binary's standard error; set IDEMPOTENCY_REDIS_LOG=1 to see it.
-func Main(m *testing.M) {
+//
+// Each of also runs after the tests, for a package whose tests use other
+// servers too:
+//
+//	func TestMain(m *testing.M) { redistest.Main(m, pgtest.TearDown) }
+func Main(m *testing.M, also ...func() error) {
 	if os.Getenv(EnvLog) != "1" {
 		redis.SetLogger(discardLogger{})
 	}
@@ -155,6 +160,14 @@ func Main(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "redistest:", err)
 		if code == 0 {
 			code = 1
+		}
+	}
+	for _, tearDown := range also {
+		if err := tearDown(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			if code == 0 {
+				code = 1
+			}
 		}
 	}
 	os.Exit(code)
