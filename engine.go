@@ -37,6 +37,8 @@ type Engine struct {
 	skipped logLimiter
 	// retryAfter is the in-flight hint, rendered once.
 	retryAfter string
+	// routes keeps the route names that outlive requests.
+	routes *routeTable
 	// obs reports decisions to metrics, traces and the observer hook.
 	obs *observer
 }
@@ -49,7 +51,9 @@ func NewEngine(store Store, opts ...Option) *Engine {
 	}
 	e := &Engine{store: store, cfg: newConfig(opts)}
 	e.retryAfter = e.Settings().RetryAfterSeconds()
+	e.routes = new(routeTable)
 	e.obs = newObserver(e.cfg.obs, e.cfg.logger)
+	e.obs.routes = e.routes
 	e.renewals = newRenewals(e.cfg.lease / 3)
 	e.waiter, _ = store.(Waiter)
 	e.binder, _ = store.(TxBinder)
@@ -367,7 +371,8 @@ type Execution struct {
 }
 
 func (e *Engine) newExecution(ctx context.Context, key, token string, req Request) *Execution {
-	x := &Execution{e: e, key: key, token: token, route: req.Route, fp: req.Fingerprint, ctx: context.WithoutCancel(ctx)}
+	x := &Execution{e: e, key: key, token: token, route: e.routes.intern(metricRoute(&req)), fp: req.Fingerprint,
+		ctx: context.WithoutCancel(ctx)}
 	e.renewals.add(x, e.renewals.now())
 	return x
 }
@@ -527,8 +532,10 @@ func (x *Execution) Release() error {
 // Reason constants, or an adapter's own short word), as [Execution.Release]
 // does, and logs at Warn that a guarded response was not stored and why,
 // so that an endpoint whose responses are never stored does not look
-// protected. The log is bounded: per route and reason, the first line of
-// each minute, with the count of those left out before it.
+// protected. The route it logs is the one metrics name ([Request.Pattern],
+// or the method; the procedure for the RPC adapters), never a path with
+// values in it. The log is bounded: per route and reason, the first line
+// of each minute, with the count of those left out before it.
 func (x *Execution) Skip(reason string) error {
 	if !x.end() {
 		return nil

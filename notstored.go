@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
@@ -82,4 +83,40 @@ func (l *logLimiter) admit(route, reason string, now int64) (int, bool) {
 		l.full = window
 	}
 	return 0, true
+}
+
+// routeTable keeps one copy of each route name that outlives a request (in
+// an [Execution], an observation, a metric series), so that the route the
+// adapter built for a request, often on its stack, never has to move to
+// the heap: a known name costs a map lookup, a new one a copy, once. It
+// holds at most routeTableMax names; past that, new ones are "_OTHER".
+type routeTable struct {
+	mu    sync.RWMutex
+	names map[string]string
+}
+
+const routeTableMax = 4096
+
+// intern returns the kept copy of name.
+func (t *routeTable) intern(name string) string {
+	t.mu.RLock()
+	kept, ok := t.names[name]
+	t.mu.RUnlock()
+	if ok {
+		return kept
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if kept, ok := t.names[name]; ok {
+		return kept
+	}
+	if t.names == nil {
+		t.names = make(map[string]string)
+	}
+	if len(t.names) >= routeTableMax {
+		return "_OTHER"
+	}
+	kept = strings.Clone(name)
+	t.names[kept] = kept
+	return kept
 }

@@ -194,6 +194,9 @@ type observer struct {
 	// instruments take, so that recording builds none.
 	storeAttrs [numOps][numCallResults][]metric.RecordOption
 
+	// routes is the engine's table of route names.
+	routes *routeTable
+
 	mu       sync.RWMutex
 	counted  map[decisionKey][]metric.AddOption
 	waitOpts map[string][]metric.RecordOption
@@ -286,7 +289,7 @@ func (o *observer) start(ctx context.Context, req *Request) observation {
 	if !o.enabled(ctx, span) {
 		return observation{}
 	}
-	return observation{on: true, start: time.Now(), route: metricRoute(req), span: span, ctx: ctx}
+	return observation{on: true, start: time.Now(), route: o.routes.intern(metricRoute(req)), span: span, ctx: ctx}
 }
 
 // metricRoute names a request's route without the values in it.

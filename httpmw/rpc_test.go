@@ -335,7 +335,9 @@ func TestRPCResponsesAreNotStored(t *testing.T) {
 			lines := strings.Split(strings.TrimSpace(out), "\n")
 			const rpcReason = "reason=rpc-protocol"
 			assert.Contains(t, lines[0], rpcReason)
-			assert.Contains(t, lines[0], "WatchCharges")
+			// Mounted outside a ServeMux, httpmw names the route by its
+			// method alone, as metrics do: never a path with values in it.
+			assert.Contains(t, lines[0], "route=POST ")
 			switch p.name {
 			case "connect+json":
 				assert.Equal(t, int32(1), svc.chargeRuns.Load(), "a Connect JSON answer is stored")
@@ -344,11 +346,12 @@ func TestRPCResponsesAreNotStored(t *testing.T) {
 			case "connect+proto":
 				require.Len(t, lines, 2, "one line for each route, not each request: %s", out)
 				assert.Contains(t, lines[1], "reason=not-json")
+				assert.Contains(t, lines[1], "route=POST ")
 			default:
-				require.Len(t, lines, 2, "one line for each route, not each request: %s", out)
-				assert.Contains(t, lines[1], rpcReason)
+				// Both procedures are the route POST, with one reason: one
+				// line, not one for each request.
+				require.Len(t, lines, 1, out)
 			}
-			assert.Contains(t, lines[1], "PaymentService/Charge")
 			assert.Equal(t, int32(2), svc.chargeRuns.Load(), "the handler ran for the retry")
 			assert.Zero(t, spy.completes.Load())
 		})
