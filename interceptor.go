@@ -183,7 +183,7 @@ func (i *Interceptor) execute(ctx context.Context, req connect.AnyRequest, next 
 	info, _ := connect.CallInfoForHandlerContext(ctx)
 	var cErr error
 	switch {
-	case HandlerGaveUp(ctx, err, uint32(connect.CodeOf(err))):
+	case err != nil && HandlerGaveUp(ctx, err, uint32(connect.CodeOf(err))):
 		_ = exec.Skip(ReasonContextEnded)
 	case err != nil:
 		rec := i.errorRecord(info, err)

@@ -258,7 +258,7 @@ func (s *server) execute(ctx context.Context, spec connect.Spec, info *connect.C
 	case rs.sent:
 		// Recorded when it was sent; an error after that (the client went
 		// away while the response was written) changes nothing.
-	case idempotency.HandlerGaveUp(ctx, err, uint32(connect.CodeOf(err))):
+	case err != nil && idempotency.HandlerGaveUp(ctx, err, uint32(connect.CodeOf(err))):
 		_ = exec.Skip(idempotency.ReasonContextEnded)
 	case err != nil:
 		rec := s.errorRecord(info, err)

@@ -169,7 +169,7 @@ func (s *server) execute(ctx context.Context, req any, handler grpc.UnaryHandler
 	header, trailer := rs.recorded()
 	var cErr error
 	switch {
-	case idempotency.HandlerGaveUp(ctx, err, uint32(status.Code(err))):
+	case err != nil && idempotency.HandlerGaveUp(ctx, err, uint32(status.Code(err))):
 		_ = exec.Skip(idempotency.ReasonContextEnded)
 	case err != nil:
 		rec, ok := s.errorRecord(err, header, trailer)
