@@ -4,9 +4,14 @@
 // with an Idempotent-Replayed header, without running the handler again.
 //
 // The package holds the [Engine], the [Store] interface that stores
-// implement, the options, the errors, and the Connect unary [Interceptor].
-// Package httpmw adapts the same engine to net/http; packages store/memory
-// and store/redisstore are stores; package storetest checks a store.
+// implement and their optional capabilities, the options, the errors, the
+// Connect (connect-go v1) unary [Interceptor] and [ClientInterceptor], and
+// the OpenTelemetry metrics and traces of every decision. The same engine
+// serves the other adapters: package httpmw (net/http), package grpcmw
+// (grpc-go, and grpc-gateway in front of it) and package connectv2
+// (connect-go v2). Packages store/memory, store/redisstore and
+// store/pgstore are stores; package storetest checks a store; cmd/idemctl
+// inspects and frees keys.
 //
 // What it guarantees, for requests that carry a key:
 //   - Of any number of concurrent requests with one key (under one scope and
@@ -19,6 +24,9 @@
 //
 // What it does not: a process that dies after the handler's side effect and
 // before the response is stored leaves a claim that expires with its lease;
-// the next retry then runs the handler again. A store that loses data (see
-// the stores' documentation) loses the protection with it.
+// the next retry then runs the handler again. With store/pgstore, a handler
+// that makes its writes in the transaction pgstore.Tx hands it closes that
+// gap for those writes: they commit exactly when the response is stored. A
+// store that loses data (see the stores' documentation) loses the
+// protection with it.
 package idempotency
