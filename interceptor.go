@@ -111,11 +111,8 @@ func guards(cfg *config, spec connect.Spec) bool {
 	if cfg.procedures != nil {
 		return cfg.procedures(spec)
 	}
-	if cfg.procFilter != nil {
-		return cfg.procFilter(spec.Procedure)
-	}
-	return spec.IdempotencyLevel != connect.IdempotencyNoSideEffects &&
-		spec.IdempotencyLevel != connect.IdempotencyIdempotent
+	return cfg.guardsProcedure(spec.Procedure, spec.IdempotencyLevel == connect.IdempotencyNoSideEffects ||
+		spec.IdempotencyLevel == connect.IdempotencyIdempotent)
 }
 
 func (i *Interceptor) serve(ctx context.Context, req connect.AnyRequest, next connect.UnaryFunc) (connect.AnyResponse, error) {

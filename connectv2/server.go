@@ -135,6 +135,7 @@ func (s *server) serve(ctx context.Context, spec connect.Spec, info *connect.Cal
 	}
 	if s.set.Fingerprint {
 		if r.Fingerprint, err = idempotency.FingerprintMessage(spec.Procedure, req); err != nil {
+			s.engine.Rejected(ctx, spec.Procedure, err)
 			return connect.NewError(connect.CodeInvalidArgument, "idempotency: the request cannot be fingerprinted").WithCause(err)
 		}
 	}

@@ -121,6 +121,7 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 	}
 	if s.settings.Fingerprint {
 		if r.Fingerprint, err = idempotency.FingerprintMessage(info.FullMethod, msg); err != nil {
+			s.engine.Rejected(ctx, info.FullMethod, err)
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
